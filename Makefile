@@ -1,0 +1,46 @@
+# Set-up is idempotent: `make install` is called by `run`, `test` and `bench`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/node.yaml
+DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps postgresql
+
+.PHONY: install install-peers run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch unless a GPU is present (the CPU wheel is served from local disk here).
+	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	else $(BIN)/pip install -q torch==2.13.0; fi
+
+$(BIN)/medgemma-node: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/medgemma-node
+
+# Debian peers the test suite starts on loopback ports (Orthanc, DCMTK, dicom3tools, PixelMed, PostgreSQL).
+install-peers:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+run: install
+	$(BIN)/medgemma-node serve --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check node tests fixtures bench
+	$(BIN)/mypy
+
+test: install install-peers lint
+	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
+
+bench: install install-peers
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -1,0 +1,181 @@
+"""Command line: ``serve``, ``run`` and ``make-test-model``. Thin: the work is in the packages."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections import defaultdict
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+
+from node.config import ConfigError, Settings, Task, load_settings
+from node.store.ingest import read_header
+from node.store.meta import InstanceMeta, InvalidInstance
+from node.studies.routing import SeriesFacts, plan_jobs
+
+log = logging.getLogger("node")
+
+
+def _settings(path: Path | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        print(f"medgemma-node: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from node.inference.engine import load_engine  # torch is heavy: import only when needed
+
+    return load_engine(settings.model, settings.node.data_dir)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node.service import NodeService
+
+    settings = _settings(args.config)
+    service = NodeService(settings, lambda: _engine(settings))
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        service._stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    service.start()
+    service.wait()
+    service.stop()
+    if service.failure:
+        print(f"medgemma-node: {service.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dicom_files(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files.extend(p for p in sorted(item.rglob("*")) if p.is_file())
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise SystemExit(f"medgemma-node: {item} does not exist")
+    return files
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from node.dispatch.deliver import save_results
+    from node.pipeline.tasks import InputError, TaskInput, run_task
+
+    settings = _settings(args.config)
+    by_series: dict[str, list[Path]] = defaultdict(list)
+    facts: dict[str, SeriesFacts] = {}
+    study_of: dict[str, str] = {}
+    for path in _dicom_files(args.paths):
+        try:
+            header = read_header(path)
+            meta = InstanceMeta.from_dataset(header, transfer_syntax_uid="", calling_ae=None)
+        except InvalidInstance as e:
+            log.warning("skipping %s: %s", path, e)
+            continue
+        by_series[meta.series_uid].append(path)
+        study_of[meta.series_uid] = meta.study_uid
+        facts.setdefault(
+            meta.series_uid,
+            SeriesFacts(
+                series_uid=meta.series_uid,
+                modality=meta.modality,
+                body_part=meta.body_part,
+                sop_class_uid=meta.sop_class_uid,
+                image_type=meta.image_type,
+                description=meta.series_description,
+                calling_ae=None,
+            ),
+        )
+    studies: dict[str, list[SeriesFacts]] = defaultdict(list)
+    for uid, series_facts in facts.items():
+        studies[study_of[uid]].append(series_facts)
+    jobs: list[tuple[str, Task, list[str]]] = []
+    for study_uid, study_series in studies.items():
+        if args.task is not None:
+            jobs.append((study_uid, Task(args.task), [s.series_uid for s in study_series]))
+            continue
+        planned = plan_jobs(study_series, settings.routing)
+        if not planned:
+            log.warning("study %s: no routing rule matched; skipped", study_uid)
+        jobs.extend((study_uid, Task(p.task), p.series_uids) for p in planned)
+    if not jobs:
+        print("medgemma-node: nothing to do: no DICOM study matched a task", file=sys.stderr)
+        return 1
+    engine = _engine(settings)
+    failures = 0
+    for number, (study_uid, task, series_uids) in enumerate(tqdm(jobs, unit="job"), start=1):
+        save = args.save_inputs / f"{number:03d}-{task.value}" if args.save_inputs else None
+        files = {uid: by_series[uid] for uid in series_uids}
+        try:
+            outcome = run_task(TaskInput(task, files, save), engine)
+        except InputError as e:
+            log.error("study %s, task %s: %s", study_uid, task.value, e)
+            failures += 1
+            continue
+        for written in save_results(outcome.results, args.out / f"{number:03d}-{task.value}"):
+            print(written)
+    return 1 if failures else 0
+
+
+def cmd_make_test_model(args: argparse.Namespace) -> int:
+    from node.inference.test_model import build_test_model
+
+    path = build_test_model(args.dir)
+    print(path)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="medgemma-node", description=__doc__)
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the DICOM node")
+    serve.add_argument("--config", type=Path, default=None, help="YAML file (default: embedded)")
+    serve.set_defaults(func=cmd_serve)
+
+    run = commands.add_parser("run", help="process DICOM files or folders without networking")
+    run.add_argument("paths", type=Path, nargs="+")
+    run.add_argument("--config", type=Path, default=None)
+    run.add_argument("--out", type=Path, required=True, help="folder for the result objects")
+    run.add_argument(
+        "--task",
+        choices=[t.value for t in Task],
+        default=None,
+        help="run this task on every study instead of the routing rules",
+    )
+    run.add_argument(
+        "--save-inputs",
+        type=Path,
+        default=None,
+        help="write the images, prompt and metadata the model receives here",
+    )
+    run.set_defaults(func=cmd_run)
+
+    make_model = commands.add_parser("make-test-model", help="write the tiny test checkpoint")
+    make_model.add_argument("dir", type=Path)
+    make_model.set_defaults(func=cmd_make_test_model)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

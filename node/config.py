@@ -1,0 +1,154 @@
+"""The node's configuration: one YAML file, validated once at start-up.
+
+Every model forbids unknown keys so a typo stops the node with the key's dotted
+path and the file, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Task(StrEnum):
+    """Tasks a routing rule can pick; defined once, used by routing, prompts and results."""
+
+    CXR_REPORT = "cxr-report"
+    CT_VOLUME = "ct-volume"
+    MR_VOLUME = "mr-volume"
+
+
+class Output(StrEnum):
+    SR = "sr"
+    GSPS = "gsps"
+    SC = "sc"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Peer(_Strict):
+    ae_title: AETitle
+    host: str | None = None  # None: any address
+
+
+class NodeSettings(_Strict):
+    ae_title: AETitle = "MEDGEMMA"
+    port: Port = 11112
+    http_port: Port = 8042
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # None: SQLite file under data_dir
+    stable_seconds: float = Field(default=10.0, gt=0)
+    # Empty list: any calling AE is accepted (logged); otherwise only these.
+    allowed_peers: list[Peer] = Field(default_factory=list)
+    # What happens to instances that arrive after a study's job has started.
+    late_arrivals: Literal["rerun", "ignore"] = "rerun"
+    max_attempts: int = Field(default=3, ge=1)
+    workers: int = Field(default=1, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+
+class ModelSettings(_Strict):
+    engine: Literal["transformers", "openai"] = "transformers"
+    path: Path | None = None  # local checkpoint; None: Hugging Face cache, then the test model
+    url: str | None = None  # for engine openai
+    name: str = "google/medgemma-1.5-4b-it"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_new_tokens: int = Field(default=600, ge=1, le=8192)
+
+
+class PacsSettings(_Strict):
+    ae_title: AETitle
+    host: str
+    port: Port
+    dicomweb_url: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Match(_Strict):
+    """All given fields must match; list fields match any of their values (case-insensitive)."""
+
+    modality: list[str] | None = None
+    body_part: list[str] | None = None
+    sop_class: list[str] | None = None
+    image_type: list[str] | None = None  # each value must appear in ImageType
+    series_description: str | None = None  # regex, searched case-insensitively
+    calling_ae: list[str] | None = None
+
+    @field_validator("series_description")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression: {e}") from e
+        return value
+
+
+class Rule(_Strict):
+    name: str
+    match: Match = Field(default_factory=Match)
+    task: Task
+
+
+class Settings(_Strict):
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    pacs: PacsSettings | None = None
+    outputs: list[Output] = Field(default_factory=lambda: [Output.SR])
+    routing: list[Rule] = Field(default_factory=list)
+
+
+class ConfigError(Exception):
+    """A configuration file that can't be used; the message names the file and the key."""
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_settings(text: str, source: str) -> Settings:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from e
+
+
+def default_config_text() -> str:
+    return resources.files("node").joinpath("defaults.yaml").read_text(encoding="utf-8")
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate a configuration file; None gives the embedded defaults."""
+    if path is None:
+        return parse_settings(default_config_text(), "embedded defaults")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from e
+    return parse_settings(text, str(path))

@@ -1,0 +1,242 @@
+"""Projection radiographs (CR, DX, DX-like SC) → the 8-bit square RGB image MedGemma saw.
+
+The official serving container turns a chest radiograph into a model input by
+applying the Modality LUT, then the first VOI window (WindowCenter/WindowWidth)
+when present, inverting MONOCHROME1, scaling to 8 bits and zero-padding to a
+square. We follow that order, with pydicom doing the LUT/window arithmetic so
+LINEAR, LINEAR_EXACT, SIGMOID and VOI LUT sequences are handled by one
+well-tested implementation.
+
+The image is *not* resized: the model's processor resizes to 896×896 itself,
+and keeping the source resolution lets localisation boxes map back to source
+pixels with only the padding offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
+
+from node.imaging.errors import ImagingError
+
+logger = logging.getLogger(__name__)
+
+# Grey-scale interpretations get the LUT pipeline; colour ones are already display
+# values (pydicom converts YBR_* to RGB while decoding), so they are only padded.
+_GREYSCALE = frozenset({"MONOCHROME1", "MONOCHROME2"})
+_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"})
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class RadiographImage:
+    """A radiograph as the model input, plus what is needed to map boxes back.
+
+    ``image`` is ``side × side`` with ``side = max(source_rows, source_columns)``;
+    the source pixels sit at ``[pad_top : pad_top + source_rows,
+    pad_left : pad_left + source_columns]``.
+    """
+
+    image: Image.Image
+    source_rows: int
+    source_columns: int
+    pad_top: int
+    pad_left: int
+    # (center, width) of the window applied; None when a VOI LUT sequence or the
+    # min–max fallback produced the grey levels.
+    window: tuple[float, float] | None
+    # Anything that deviated from the nominal path (ignored window, colour input…),
+    # for the job record.
+    notes: tuple[str, ...] = ()
+
+
+def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
+    """Convert one single-frame radiograph into MedGemma's 8-bit square RGB input.
+
+    Parameters
+    ----------
+    source
+        A dataset with pixel data, or the path of a DICOM file.
+
+    Raises
+    ------
+    ImagingError
+        No pixel data, multi-frame, an unsupported PhotometricInterpretation, or
+        pixel data that can't be decoded; the message names the SOPInstanceUID.
+    """
+    ds = source if isinstance(source, Dataset) else _read(Path(source))
+    uid = str(ds.get("SOPInstanceUID", "<no SOPInstanceUID>"))
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+
+    if not any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS):
+        raise ImagingError(f"SOP instance {uid}: no pixel data")
+    if photometric not in _GREYSCALE | _COLOUR:
+        raise ImagingError(
+            f"SOP instance {uid}: unsupported PhotometricInterpretation {photometric!r} "
+            f"(supported: {', '.join(sorted(_GREYSCALE | _COLOUR))})"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise ImagingError(
+            f"SOP instance {uid}: {frames} frames; only single-frame radiographs are supported"
+        )
+
+    try:
+        # pixel_array() rather than ds.pixel_array: the latter caches the decoded
+        # array on the dataset, which would keep ~7 MB per radiograph alive.
+        raw = pixel_array(ds)
+    except Exception as exc:  # decoders raise many types; all mean "can't decode"
+        raise ImagingError(f"SOP instance {uid}: pixel data can't be decoded: {exc}") from exc
+
+    notes: list[str] = []
+    window: tuple[float, float] | None = None
+    if photometric in _COLOUR:
+        grey8 = None
+        rgb = _colour_to_rgb8(raw, ds)
+        notes.append(f"colour image ({photometric}) used as is, no VOI applied")
+    else:
+        grey8, window = _greyscale_to_8bit(raw, ds, uid, notes)
+        rgb = np.repeat(grey8[..., np.newaxis], 3, axis=-1)
+
+    rows, columns = int(rgb.shape[0]), int(rgb.shape[1])
+    side = max(rows, columns)
+    pad_top, pad_left = (side - rows) // 2, (side - columns) // 2
+    square = np.zeros((side, side, 3), dtype=np.uint8)
+    square[pad_top : pad_top + rows, pad_left : pad_left + columns] = rgb
+    logger.debug("radiograph %s: %dx%d → %d² (window %s)", uid, rows, columns, side, window)
+    return RadiographImage(
+        image=Image.fromarray(square),
+        source_rows=rows,
+        source_columns=columns,
+        pad_top=pad_top,
+        pad_left=pad_left,
+        window=window,
+        notes=tuple(notes),
+    )
+
+
+def pixel_padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Boolean mask of stored values that are Pixel Padding, or None if none declared.
+
+    PixelPaddingValue (and PixelPaddingRangeLimit, which makes it a range) are
+    defined on *stored* values, so this must run on the array before any LUT.
+    """
+    if "PixelPaddingValue" not in ds or ds.PixelPaddingValue is None:
+        return None
+    value = int(ds.PixelPaddingValue)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        mask = raw == value
+    else:
+        low, high = sorted((value, int(limit)))
+        mask = (raw >= low) & (raw <= high)
+    return mask if bool(mask.any()) else None
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except Exception as exc:  # InvalidDicomError, OSError, struct errors on truncation
+        raise ImagingError(f"file {path.name}: not readable as DICOM: {exc}") from exc
+
+
+def _greyscale_to_8bit(
+    raw: np.ndarray, ds: Dataset, uid: str, notes: list[str]
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Modality LUT → VOI (first window / VOI LUT / min–max) → 8 bits, MONOCHROME1 inverted."""
+    padding = pixel_padding_mask(raw, ds)
+    values = apply_modality_lut(raw, ds)
+
+    window: tuple[float, float] | None = None
+    scaled: np.ndarray | None = None  # float in [0, 1]
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
+        scaled = _apply_voi_lut_sequence(values, ds)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        try:
+            scaled = _apply_first_window(values, ds)
+            window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+        except ValueError as exc:
+            # A window pydicom refuses (width < 1, unknown function) is a header
+            # fault; min–max still gives a usable image, and we say so.
+            notes.append(f"window ignored ({exc}); min–max used")
+            logger.warning("radiograph %s: window ignored: %s", uid, exc)
+    if scaled is None:
+        scaled = _min_max(values, padding)
+
+    grey8 = np.floor(np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
+    inverse_plut = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+    if monochrome1 or inverse_plut:
+        # MONOCHROME1: the minimum value is white. The model was trained on
+        # "bone is bright" images, so invert after the VOI, as a display would.
+        # MONOCHROME1 images carry PresentationLUTShape INVERSE for that same
+        # inversion (PS3.3 C.8.11.6), so it is one inversion, never two; on a
+        # MONOCHROME2 image INVERSE alone asks for it.
+        grey8 = 255 - grey8
+        if inverse_plut and not monochrome1:
+            notes.append("MONOCHROME2 with PresentationLUTShape INVERSE: inverted")
+    if padding is not None:
+        # Padding is "no image here": black, whatever the polarity.
+        grey8[padding] = 0
+    return grey8, window
+
+
+def _apply_first_window(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """First WindowCenter/WindowWidth through pydicom, normalised to [0, 1].
+
+    pydicom maps the window onto an output range [y_min, y_max] that depends on
+    BitsStored, PixelRepresentation and the rescale; rather than re-derive that
+    rule we push −∞ and +∞ through the same function to read the range off.
+    """
+    windowed = apply_windowing(values, ds, index=0)
+    with np.errstate(over="ignore"):
+        y_min, y_max = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
+    if not np.isfinite(y_min) or not np.isfinite(y_max) or y_max <= y_min:
+        raise ValueError(f"window output range [{y_min}, {y_max}] is empty")
+    return (np.asarray(windowed, dtype=np.float64) - y_min) / (y_max - y_min)
+
+
+def _apply_voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """First VOI LUT, normalised by the LUT's declared output depth."""
+    out = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True), dtype=np.float64)
+    item = ds.VOILUTSequence[0]
+    descriptor = item.get("LUTDescriptor")
+    bits = int(descriptor[2]) if descriptor is not None and len(descriptor) == 3 else 16
+    top = float(2**bits - 1)
+    # Some writers declare 16 bits and fill 12 (or the reverse); trust the data
+    # when it exceeds the declared depth rather than clipping the highlights.
+    top = max(top, float(out.max()))
+    return out / top if top > 0 else out
+
+
+def _min_max(values: np.ndarray, padding: np.ndarray | None) -> np.ndarray:
+    """No window in the header: stretch the non-padding range to [0, 1]."""
+    data = values if padding is None else values[~padding]
+    if data.size == 0:
+        return np.zeros(values.shape, dtype=np.float64)
+    low, high = float(data.min()), float(data.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float64)
+    return (np.asarray(values, dtype=np.float64) - low) / (high - low)
+
+
+def _colour_to_rgb8(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    if raw.dtype == np.uint8:
+        return raw
+    # >8-bit colour is rare; scale by BitsStored instead of guessing a window.
+    bits = int(ds.get("BitsStored", 16))
+    return np.floor(raw.astype(np.float64) / (2**bits - 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _first(value: object) -> float:
+    """WindowCenter/WindowWidth may be multi-valued; the first view is the default."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        return float(value[0])
+    return float(value)  # type: ignore[arg-type]

@@ -1,0 +1,298 @@
+"""Engines: MedGemma in this process (transformers) or behind an OpenAI-compatible server.
+
+Where no MedGemma weights can be found the transformers engine runs a tiny test
+checkpoint instead, and says so loudly: its label starts with ``TEST MODEL``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import try_to_load_from_cache
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from node.config import ModelSettings
+from node.inference.answers import strip_thinking
+from node.inference.prompts import chat_messages
+from node.inference.request import TEST_MODEL_LABEL, Engine, Prompt
+from node.inference.test_model import build_test_model, is_test_model
+
+logger = logging.getLogger(__name__)
+
+TEST_MODEL_DIR = "test-model"  # under the node's data directory
+CONFIG_FILE = "config.json"
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+OPENAI_TIMEOUT_SECONDS = 600.0
+CHAT_COMPLETIONS = "/chat/completions"
+
+_DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+_BANNER_WIDTH = 76
+_TEST_MODEL_WARNING = (
+    "WARNING: NO MEDGEMMA WEIGHTS. RESULTS COME FROM A TEST MODEL, NOT MEDGEMMA.",
+    "The model in {path}",
+    "is a tiny model that gives the same fixed answers for every image.",
+    'Its output is meaningless; every result it makes is labelled "TEST MODEL".',
+    "To run MedGemma set model.path, or put model.name in the Hugging Face cache.",
+)
+
+
+def _test_model_banner(path: Path) -> str:
+    rule = "#" * _BANNER_WIDTH
+    lines = [line.format(path=path) for line in _TEST_MODEL_WARNING]
+    return "\n".join([rule, *(f"#  {line}" for line in lines), rule])
+
+
+class ModelLoadError(RuntimeError):
+    """A model that can't be loaded; the message names the path or setting."""
+
+
+class EngineError(RuntimeError):
+    """A generation request that failed; the message names the model or endpoint."""
+
+
+# --- finding and loading weights -------------------------------------------------------------
+
+
+def find_medgemma_weights(settings: ModelSettings, *, cache_dir: Path | None = None) -> Path | None:
+    """The checkpoint directory to load, or None when there are no weights here.
+
+    ``model.path``, when set, must be a checkpoint: a wrong path stops the node rather
+    than quietly falling back. Otherwise the Hugging Face cache is searched for
+    ``model.name`` without touching the network.
+    """
+    if settings.path is not None:
+        _check_checkpoint(settings.path, source="model.path")
+        return settings.path
+    cached = try_to_load_from_cache(settings.name, CONFIG_FILE, cache_dir=cache_dir)
+    if not isinstance(cached, str):
+        return None
+    snapshot = Path(cached).parent
+    _check_checkpoint(snapshot, source=f"the Hugging Face cache copy of {settings.name}")
+    return snapshot
+
+
+def _check_checkpoint(path: Path, *, source: str) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"{source} {path} is not a directory")
+    if not (path / CONFIG_FILE).is_file():
+        raise ModelLoadError(f"{source} {path} has no {CONFIG_FILE}: not a model checkpoint")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ModelLoadError(
+            f"{source} {path} has no weight files ({', '.join(WEIGHT_PATTERNS)}); "
+            "is the download complete?"
+        )
+
+
+def load_engine(settings: ModelSettings, data_dir: Path) -> Engine:
+    """The engine the settings ask for; MedGemma where found, else the test model."""
+    if settings.engine == "openai":
+        if not settings.url:
+            raise ModelLoadError("model.url must be set when model.engine is openai")
+        return OpenAIEngine(settings.url, model=settings.name)
+    weights = find_medgemma_weights(settings)
+    if weights is not None:
+        label = str(settings.path) if settings.path is not None else settings.name
+        return TransformersEngine(
+            weights, device=settings.device, dtype=settings.dtype, label=label
+        )
+    test_dir = data_dir / TEST_MODEL_DIR
+    if not is_test_model(test_dir):
+        logger.warning("no MedGemma weights for %s: building the test model", settings.name)
+        build_test_model(test_dir)
+    return TransformersEngine(test_dir, device=settings.device, dtype=settings.dtype)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("model.device is cuda but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """bf16 on a GPU as MedGemma is published; float32 on CPU, where bf16 is slow."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+# --- engines ---------------------------------------------------------------------------------
+
+
+class TransformersEngine:
+    """A Gemma 3 checkpoint loaded exactly as the MedGemma notebooks load it."""
+
+    def __init__(
+        self, path: Path, *, device: str = "auto", dtype: str = "auto", label: str | None = None
+    ) -> None:
+        _check_checkpoint(path, source="model")
+        self._path = path
+        self._is_test_model = is_test_model(path)
+        self._device = resolve_device(device)
+        self._dtype = resolve_dtype(dtype, self._device)
+        self._label = (
+            f"{TEST_MODEL_LABEL} ({path})" if self._is_test_model else (label or str(path))
+        )
+        started = time.monotonic()
+        try:
+            self._processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+            model: Any = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=self._dtype, local_files_only=True
+            )
+        except Exception as e:  # transformers raises many kinds; all mean "can't load this"
+            raise ModelLoadError(f"cannot load the model in {path}: {e}") from e
+        self._model = model.to(self._device).eval()
+        logger.info(
+            "loaded %s on %s as %s in %.1f s",
+            self._label,
+            self._device,
+            self._dtype,
+            time.monotonic() - started,
+        )
+        if self._is_test_model:
+            logger.warning("\n%s", _test_model_banner(path))
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    @property
+    def is_test_model(self) -> bool:
+        return self._is_test_model
+
+    def inputs(self, prompt: Prompt) -> dict[str, torch.Tensor]:
+        """The processor's tensors for ``prompt``, on the model's device and dtype."""
+        batch = self._processor.apply_chat_template(
+            chat_messages(prompt),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+        # Only floating tensors (pixel values) take the dtype; ids stay integers.
+        return dict(batch.to(self._device, dtype=self._dtype))
+
+    def generate(self, prompt: Prompt) -> str:
+        started = time.monotonic()
+        inputs = self.inputs(prompt)
+        prompt_tokens = inputs["input_ids"].shape[-1]
+        try:
+            with torch.inference_mode():
+                output = self._model.generate(
+                    **inputs, max_new_tokens=prompt.max_new_tokens, do_sample=False
+                )
+        except (RuntimeError, ValueError) as e:
+            raise EngineError(f"generation failed on {self._label}: {e}") from e
+        new_tokens = output[0][prompt_tokens:]
+        text = self._processor.decode(new_tokens, skip_special_tokens=True)
+        logger.info(
+            "%s: %d images, %d prompt tokens, %d new tokens in %.1f s",
+            self._label,
+            len(prompt.images),
+            prompt_tokens,
+            len(new_tokens),
+            time.monotonic() - started,
+        )
+        return strip_thinking(text)
+
+
+class OpenAIEngine:
+    """MedGemma served by vLLM or any OpenAI-compatible chat completions endpoint."""
+
+    def __init__(self, url: str, *, model: str, timeout: float = OPENAI_TIMEOUT_SECONDS) -> None:
+        base = url.rstrip("/")
+        self._url = base if base.endswith(CHAT_COMPLETIONS) else base + CHAT_COMPLETIONS
+        self._model = model
+        self._timeout = timeout
+
+    @property
+    def label(self) -> str:
+        return self._model
+
+    @property
+    def is_test_model(self) -> bool:
+        return False
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def request_body(self, prompt: Prompt) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = []
+        if prompt.system:
+            messages.append({"role": "system", "content": prompt.system})
+        parts = [
+            {"type": "image_url", "image_url": {"url": image_data_url(part)}}
+            if isinstance(part, Image.Image)
+            else {"type": "text", "text": part}
+            for part in prompt.content
+        ]
+        messages.append({"role": "user", "content": parts})
+        return {
+            "model": self._model,
+            "messages": messages,
+            "max_tokens": prompt.max_new_tokens,
+            "temperature": 0,  # greedy, as do_sample=False
+        }
+
+    def generate(self, prompt: Prompt) -> str:
+        started = time.monotonic()
+        body = json.dumps(self.request_body(prompt)).encode("utf-8")
+        request = urllib.request.Request(
+            self._url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        reply = self._post(request)
+        text = self._content(reply)
+        logger.info(
+            "%s at %s: %d images in %.1f s",
+            self._model,
+            self._url,
+            len(prompt.images),
+            time.monotonic() - started,
+        )
+        return strip_thinking(text)
+
+    def _post(self, request: urllib.request.Request) -> Any:
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as e:
+            detail = e.read(500).decode("utf-8", errors="replace")
+            raise EngineError(f"{self._url} answered HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            raise EngineError(f"cannot reach the model endpoint {self._url}: {reason}") from e
+        except json.JSONDecodeError as e:
+            raise EngineError(f"{self._url} did not answer with JSON: {e}") from e
+
+    def _content(self, reply: Any) -> str:
+        try:
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise EngineError(f"{self._url} answered without choices[0].message.content") from e
+        if not isinstance(content, str):
+            raise EngineError(f"{self._url} answered with non-text content: {content!r:.200}")
+        return content
+
+
+def image_data_url(image: Image.Image) -> str:
+    """A lossless PNG data URL; compression level 1 is ~10× faster than the default."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

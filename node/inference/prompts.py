@@ -1,0 +1,157 @@
+"""Prompts as the official MedGemma 1.5 notebooks and evaluations build them.
+
+The strings are kept verbatim (typos included) because the model was tuned on
+them; a "cleaned up" wording is a different, untested prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from PIL import Image
+
+from node.config import Task
+from node.inference.request import Prompt
+
+VolumeModality = Literal["CT", "MR"]
+
+# The notebooks' limit: 85 slices × 256 image tokens fits the training context.
+MAX_VOLUME_SLICES = 85
+
+REPORT_SYSTEM = "You are an expert radiologist."
+REPORT_INSTRUCTION = "Describe this X-ray."
+
+# The evaluation prompts put the indication/history in front of the question like this.
+CONTEXT_PREFIX = 'After looking at the indication and patient history "{context}"... '
+
+VOLUME_INSTRUCTION = (
+    "You are an instructor teaching medical students. You are analyzing a contiguous block "
+    "of {modality} slices. Please review the slices provided below carefully."
+)
+VOLUME_SLICE_LABEL = "SLICE {number}"
+VOLUME_FINDING_QUESTION = (
+    'Is there "{finding}" in the {modality} volume? You may write out your argument before '
+    'stating your final answer "Final Answer: yes" or "Final Answer: no".'
+)
+# No finding asked about: the evaluation form with the broadest "finding".
+VOLUME_DEFAULT_FINDING = "any acute abnormality"
+# The evaluation question names an MR series an "MRI volume".
+_VOLUME_NOUN: dict[VolumeModality, str] = {"CT": "CT", "MR": "MRI"}
+
+LOCALIZE_PROMPT = (
+    "Instructions:\n"
+    "The following user query will require outputting bounding boxes. The format of bounding "
+    "boxes coordinates is [y0, x0, y1, x1] where (y0, x0) must be top-left corner and (y1, x1) "
+    "the bottom-right corner. This implies that x0 < x1 and y0 < y1. Always normalize the x and "
+    "y coordinates the range [0, 1000], meaning that a bounding box starting at 15% of the image "
+    "width would be associated with an x coordinate of 150. You MUST output a single parseable "
+    "json list of objects enclosed into ```json...``` brackets, for instance "
+    '```json[{{"box_2d": [800, 3, 840, 471], "label": "car"}}, {{"box_2d": [400, 22, 600, 73], '
+    '"label": "dog"}}]``` is a valid output. Now answer to the user query.\n\n'
+    'Remember "left" refers to the patient\'s left side where the heart is and sometimes '
+    "underneath an L in the upper right corner of the image.\n\n"
+    "Query:\n"
+    "Where is the {finding}? Don't give a final answer without reasoning. Output the final answer "
+    'in the format "Final Answer: X" where X is a JSON list of objects. The object needs a '
+    '"box_2d" and "label" key. Answer:'
+)
+
+REPORT_MAX_NEW_TOKENS = 600
+VOLUME_MAX_NEW_TOKENS = 2000
+LOCALIZE_MAX_NEW_TOKENS = 1000
+
+DEFAULT_MAX_NEW_TOKENS: dict[Task, int] = {
+    Task.CXR_REPORT: REPORT_MAX_NEW_TOKENS,
+    Task.CT_VOLUME: VOLUME_MAX_NEW_TOKENS,
+    Task.MR_VOLUME: VOLUME_MAX_NEW_TOKENS,
+}
+
+
+def _with_context(text: str, context: str | None) -> str:
+    if context is None or not context.strip():
+        return text
+    # Collapse line breaks so the history stays inside its quotes on one line.
+    flat = " ".join(context.split())
+    return CONTEXT_PREFIX.format(context=flat) + text
+
+
+def cxr_report_prompt(
+    image: Image.Image,
+    *,
+    context: str | None = None,
+    max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
+) -> Prompt:
+    """The quick-start report prompt: system role, the image, then the instruction."""
+    instruction = _with_context(REPORT_INSTRUCTION, context)
+    return Prompt(system=REPORT_SYSTEM, content=(image, instruction), max_new_tokens=max_new_tokens)
+
+
+def volume_finding_question(finding: str, modality: VolumeModality) -> str:
+    """The evaluation's yes/no question about one finding."""
+    if not finding.strip():
+        raise ValueError("finding must be a non-empty label, got an empty string")
+    return VOLUME_FINDING_QUESTION.format(finding=finding.strip(), modality=_VOLUME_NOUN[modality])
+
+
+def volume_prompt(
+    slices: Sequence[Image.Image],
+    modality: VolumeModality,
+    *,
+    question: str | None = None,
+    context: str | None = None,
+    max_new_tokens: int = VOLUME_MAX_NEW_TOKENS,
+) -> Prompt:
+    """One user turn: instruction, then each slice followed by ``SLICE n``, the question last.
+
+    ``question`` is the full question text; None asks the evaluation's yes/no question
+    about any acute abnormality. ``context`` (indication, history) prefixes the question.
+    """
+    if modality not in _VOLUME_NOUN:
+        raise ValueError(f"modality must be one of {sorted(_VOLUME_NOUN)}, got {modality!r}")
+    if not slices:
+        raise ValueError(f"a {modality} volume prompt needs at least one slice, got none")
+    if len(slices) > MAX_VOLUME_SLICES:
+        raise ValueError(
+            f"a {modality} volume prompt takes at most {MAX_VOLUME_SLICES} slices, "
+            f"got {len(slices)}; sample them first"
+        )
+    asked = (
+        question
+        if question is not None
+        else volume_finding_question(VOLUME_DEFAULT_FINDING, modality)
+    )
+    content: list[str | Image.Image] = [VOLUME_INSTRUCTION.format(modality=_VOLUME_NOUN[modality])]
+    for number, image in enumerate(slices, start=1):
+        content += [image, VOLUME_SLICE_LABEL.format(number=number)]
+    content.append(_with_context(asked, context))
+    return Prompt(system=None, content=tuple(content), max_new_tokens=max_new_tokens)
+
+
+def cxr_localize_prompt(
+    image: Image.Image, finding: str, *, max_new_tokens: int = LOCALIZE_MAX_NEW_TOKENS
+) -> Prompt:
+    """The localization notebook's prompt; ``image`` must already be zero-padded to a square."""
+    if not finding.strip():
+        raise ValueError("finding must be a non-empty label, got an empty string")
+    if image.width != image.height:
+        raise ValueError(
+            f"localization needs a square (zero-padded) image, got {image.width}x{image.height}"
+        )
+    text = LOCALIZE_PROMPT.format(finding=finding.strip())
+    return Prompt(system=None, content=(image, text), max_new_tokens=max_new_tokens)
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    """The Hugging Face chat format the Gemma 3 processor's template takes."""
+    messages: list[dict[str, Any]] = []
+    if prompt.system:
+        messages.append({"role": "system", "content": [{"type": "text", "text": prompt.system}]})
+    parts = [
+        {"type": "image", "image": part}
+        if isinstance(part, Image.Image)
+        else {"type": "text", "text": part}
+        for part in prompt.content
+    ]
+    messages.append({"role": "user", "content": parts})
+    return messages

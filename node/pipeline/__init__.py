@@ -1,0 +1,1 @@
+"""The job loop: wires studies, imaging, inference, results and dispatch together."""

@@ -1,0 +1,186 @@
+"""One function per task: DICOM files in, result data sets and a job record out.
+
+No database and no network here, so ``medgemma-node run`` and the serving worker
+share exactly the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+
+from node.config import Task
+from node.imaging.errors import ImagingError
+from node.imaging.radiograph import radiograph_to_image
+from node.imaging.volume import series_to_volume_input
+from node.inference.prompts import cxr_report_prompt, volume_prompt
+from node.inference.request import Engine, Prompt
+from node.results.sr import build_findings_sr
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """The study's data can never produce a result for this task; retrying won't help."""
+
+
+@dataclass
+class TaskOutcome:
+    results: list[Dataset]
+    record: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    task: Task
+    series: dict[str, list[Path]]  # SeriesInstanceUID -> instance files
+    save_inputs: Path | None = None
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return dcmread(path)
+    except (InvalidDicomError, OSError, ValueError) as e:
+        raise InputError(f"{path} can't be read: {e}") from e
+
+
+def _view_rank(ds: Dataset) -> int:
+    # A report is written on the frontal view: PA before AP before anything else.
+    order = {"PA": 0, "AP": 1}
+    return order.get(str(ds.get("ViewPosition", "")).upper(), 2)
+
+
+def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
+    candidates: list[Dataset] = []
+    notes: list[str] = []
+    for series_uid, paths in job.series.items():
+        for path in paths:
+            try:
+                candidates.append(_read(path))
+            except InputError as e:
+                notes.append(f"series {series_uid}: {e}")
+    if not candidates:
+        raise InputError("no readable radiograph in the routed series; " + "; ".join(notes))
+    candidates.sort(key=_view_rank)
+    errors: list[str] = []
+    for ds in candidates:
+        try:
+            radiograph = radiograph_to_image(ds)
+        except ImagingError as e:
+            errors.append(str(e))
+            continue
+        prompt = cxr_report_prompt(radiograph.image)
+        findings = _generate(
+            engine,
+            prompt,
+            job.save_inputs,
+            meta={
+                "task": job.task.value,
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "series_instance_uid": str(ds.SeriesInstanceUID),
+                "window": radiograph.window,
+                "padding": {"top": radiograph.pad_top, "left": radiograph.pad_left},
+                "source_size": [radiograph.source_rows, radiograph.source_columns],
+            },
+        )
+        sr = build_findings_sr(
+            [ds],
+            findings,
+            task=job.task.value,
+            model_label=engine.label,
+            is_test_model=engine.is_test_model,
+        )
+        record: dict[str, object] = {
+            "image": str(ds.SOPInstanceUID),
+            "view": str(ds.get("ViewPosition", "")),
+            "notes": notes + errors + list(radiograph.notes),
+        }
+        return TaskOutcome(results=[sr], record=record)
+    raise InputError("no radiograph could be turned into a model input: " + "; ".join(errors))
+
+
+def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
+    # The series with the most instances is the study's main stack; others are noted.
+    ranked = sorted(job.series.items(), key=lambda item: len(item[1]), reverse=True)
+    errors: list[str] = []
+    for series_uid, paths in ranked:
+        try:
+            volume = series_to_volume_input(paths)
+        except ImagingError as e:
+            errors.append(str(e))
+            continue
+        prompt = volume_prompt(volume.images, "CT" if job.task is Task.CT_VOLUME else "MR")
+        findings = _generate(
+            engine,
+            prompt,
+            job.save_inputs,
+            meta={
+                "task": job.task.value,
+                "series_instance_uid": series_uid,
+                "slice_indices": volume.slice_indices,
+                "z_positions": volume.z_positions,
+                "notes": volume.notes,
+            },
+        )
+        headers = [dcmread(p, stop_before_pixels=True) for p in paths]
+        sr = build_findings_sr(
+            headers,
+            findings,
+            task=job.task.value,
+            model_label=engine.label,
+            is_test_model=engine.is_test_model,
+        )
+        record: dict[str, object] = {
+            "series": series_uid,
+            "slices_sent": len(volume.images),
+            "slice_indices": volume.slice_indices,
+            "notes": list(volume.notes) + errors,
+            "other_series": [uid for uid, _ in ranked if uid != series_uid],
+        }
+        return TaskOutcome(results=[sr], record=record)
+    raise InputError("no series could be assembled into a volume: " + "; ".join(errors))
+
+
+def _generate(
+    engine: Engine, prompt: Prompt, save_inputs: Path | None, meta: dict[str, object]
+) -> str:
+    if save_inputs is not None:
+        save_model_inputs(prompt, save_inputs, meta)
+    started = time.perf_counter()
+    text = engine.generate(prompt).strip()
+    log.info(
+        "%s answered in %.1f s (%d characters)",
+        engine.label,
+        time.perf_counter() - started,
+        len(text),
+    )
+    if not text:
+        raise InputError(f"{engine.label} returned an empty answer")
+    return text
+
+
+def save_model_inputs(prompt: Prompt, out_dir: Path, meta: dict[str, object]) -> None:
+    """Write exactly what the model receives: images in prompt order, the prompt, metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for number, image in enumerate(prompt.images):
+        image.save(out_dir / f"{number:03d}.png")
+    (out_dir / "prompt.txt").write_text(prompt.text + "\n", encoding="utf-8")
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+RUNNERS: dict[Task, Callable[[TaskInput, Engine], TaskOutcome]] = {
+    Task.CXR_REPORT: run_cxr_report,
+    Task.CT_VOLUME: run_volume,
+    Task.MR_VOLUME: run_volume,
+}
+
+
+def run_task(job: TaskInput, engine: Engine) -> TaskOutcome:
+    return RUNNERS[job.task](job, engine)

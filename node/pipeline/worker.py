@@ -1,0 +1,171 @@
+"""The job worker: claim a job, run its task, save and deliver the results, record the outcome.
+
+Inference and delivery are separate steps: once a job's results are on disk a retry
+only redelivers them, so a PACS outage never costs a second model run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from node.config import Settings, Task
+from node.dispatch.deliver import deliver, save_results
+from node.inference.request import Engine
+from node.pipeline.tasks import InputError, TaskInput, run_task
+from node.store.index import Index
+from node.store.models import Job, JobState, utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(seconds=60)
+RENEW_EVERY = 15.0
+RETRY_BACKOFF = timedelta(seconds=10)
+
+
+def worker_id(number: int = 0) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{number}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_local_workers(index: Index) -> int:
+    """Jobs held by this host's dead processes go back to the queue at once, not after the lease."""
+    host = socket.gethostname()
+    dead = []
+    for worker in index.running_workers():
+        parts = (worker or "").split(":")
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+            if not _pid_alive(int(parts[1])):
+                dead.append(worker)
+    released = index.release_jobs_of(dead)
+    if released:
+        log.warning("re-queued %d jobs left running by a stopped node process", released)
+    return released
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, index: Index, engine: Engine, *, number: int = 0
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.engine = engine
+        self.id = worker_id(number)
+        self.results_root = settings.node.data_dir / "results"
+        self.save_inputs_root: Path | None = None
+
+    def run(self, stop: threading.Event, idle_wait: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("worker %s: unexpected error; continuing", self.id)
+                worked = False
+            if not worked:
+                stop.wait(idle_wait)
+
+    def run_once(self) -> bool:
+        self.index.requeue_expired(self.settings.node.max_attempts)
+        job = self.index.claim_job(self.id, LEASE)
+        if job is None:
+            return False
+        stop_renewing = threading.Event()
+        renewer = threading.Thread(
+            target=self._renew,
+            args=(job.id, stop_renewing),
+            daemon=True,
+            name=f"lease-{job.id}",
+        )
+        renewer.start()
+        try:
+            self._process(job)
+        finally:
+            stop_renewing.set()
+            renewer.join()
+        return True
+
+    def _renew(self, job_id: int, stop: threading.Event) -> None:
+        while not stop.wait(RENEW_EVERY):
+            self.index.renew_lease(job_id, self.id, LEASE)
+
+    def _process(self, job: Job) -> None:
+        study = self.index.study(job.study_id)
+        label = f"job {job.id} ({job.task}) of study {study.study_uid}"
+        paths = job.result_paths
+        if not paths:
+            try:
+                paths = self._infer(job, study.study_uid)
+            except InputError as e:
+                log.error("%s failed: %s", label, e)
+                self._finish(job, JobState.FAILED, error=str(e))
+                return
+            except Exception as e:
+                log.exception("%s: attempt %d failed", label, job.attempts)
+                self._retry_or_fail(job, f"{type(e).__name__}: {e}")
+                return
+        try:
+            sent = deliver(paths, self.settings)
+        except Exception as e:
+            log.error("%s: results saved but not delivered: %s", label, e)
+            self._retry_or_fail(job, f"delivery failed: {e}")
+            return
+        log.info("%s done: %d results saved, %d sent to the PACS", label, len(paths), sent)
+        self._finish(job, JobState.DONE, delivered=self.settings.pacs is not None)
+
+    def _infer(self, job: Job, study_uid: str) -> list[str]:
+        series = {
+            uid: [Path(p) for p in files]
+            for uid, files in self.index.instance_paths(job.series_uids).items()
+        }
+        save_inputs = None
+        if self.save_inputs_root is not None:
+            save_inputs = self.save_inputs_root / f"job-{job.id}"
+        outcome = run_task(TaskInput(Task(job.task), series, save_inputs), self.engine)
+        paths = save_results(outcome.results, self.results_root / f"job-{job.id}")
+        record = {
+            **outcome.record,
+            "model": self.engine.label,
+            "test_model": self.engine.is_test_model,
+        }
+        if not self.index.update_job(job.id, self.id, result_paths=paths, record=record):
+            raise RuntimeError(f"lost the lease on job {job.id} while it ran")
+        return paths
+
+    def _retry_or_fail(self, job: Job, error: str) -> None:
+        if job.attempts >= self.settings.node.max_attempts:
+            self._finish(job, JobState.FAILED, error=f"{error} (gave up after {job.attempts})")
+            return
+        self.index.update_job(
+            job.id,
+            self.id,
+            state=JobState.QUEUED,
+            error=error,
+            retry_at=utcnow() + RETRY_BACKOFF * job.attempts,
+            lease_until=None,
+        )
+
+    def _finish(
+        self, job: Job, state: JobState, *, error: str | None = None, delivered: bool = False
+    ) -> None:
+        self.index.update_job(
+            job.id,
+            self.id,
+            state=state,
+            error=error,
+            delivered=delivered,
+            finished_at=utcnow(),
+            lease_until=None,
+        )

@@ -1,0 +1,79 @@
+"""What the index keeps of an instance, validated once as it arrives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import UID
+
+# The Manufacturer this node writes into every result object.
+RESULT_MANUFACTURER = "medgemma-node"
+
+
+class InvalidInstance(ValueError):
+    """A data set the node can't file: the message names what is missing."""
+
+
+class UnreadableData(InvalidInstance):
+    """Bytes that don't parse as a DICOM data set at all."""
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = str(ds.get(keyword, "") or "").strip()
+    if not value:
+        raise InvalidInstance(f"{keyword} is missing")
+    if not UID(value).is_valid:
+        raise InvalidInstance(f"{keyword} {value!r} is not a valid UID")
+    return value
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if keyword == "ImageType":
+        return "\\".join(str(v) for v in (value if isinstance(value, list | tuple) else [value]))
+    if not isinstance(value, str | int | float):
+        # MultiValue and friends: keep DICOM's own backslash form
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    body_part: str | None
+    series_description: str | None
+    image_type: str | None
+    calling_ae: str | None
+    # One of this node's own result objects coming back (a PACS that routes everything):
+    # filed, never treated as new work.
+    is_own_result: bool = False
+
+    @classmethod
+    def from_dataset(
+        cls, ds: Dataset, *, transfer_syntax_uid: str, calling_ae: str | None
+    ) -> InstanceMeta:
+        return cls(
+            study_uid=_uid(ds, "StudyInstanceUID"),
+            series_uid=_uid(ds, "SeriesInstanceUID"),
+            sop_uid=_uid(ds, "SOPInstanceUID"),
+            sop_class_uid=_uid(ds, "SOPClassUID"),
+            transfer_syntax_uid=transfer_syntax_uid,
+            patient_id=_text(ds, "PatientID"),
+            accession_number=_text(ds, "AccessionNumber"),
+            modality=_text(ds, "Modality"),
+            body_part=_text(ds, "BodyPartExamined"),
+            series_description=_text(ds, "SeriesDescription"),
+            image_type=_text(ds, "ImageType"),
+            calling_ae=calling_ae,
+            is_own_result=str(ds.get("Manufacturer", "")) == RESULT_MANUFACTURER,
+        )

@@ -1,0 +1,109 @@
+"""The index: studies, series, instances and jobs (SQLAlchemy; SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class StudyState(StrEnum):
+    RECEIVING = "receiving"  # instances arriving; not yet stable
+    ROUTED = "routed"  # jobs created for the study as it stands
+    SKIPPED = "skipped"  # no routing rule matched
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # gave up after max_attempts, or input that can never work
+    SUPERSEDED = "superseded"  # late instances re-opened the study; a newer job replaces it
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
+    first_received: Mapped[datetime] = mapped_column(default=utcnow)
+    last_received: Mapped[datetime] = mapped_column(default=utcnow)
+    # Instances the PACS says the study has (C-FIND NumberOfStudyRelatedInstances); None: unknown.
+    expected_instances: Mapped[int | None] = mapped_column(Integer)
+    expected_checked: Mapped[datetime | None] = mapped_column()
+    note: Mapped[str | None] = mapped_column(Text)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(String(64))
+    image_type: Mapped[str | None] = mapped_column(
+        String(128)
+    )  # backslash-joined, as DICOM writes it
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    task: Mapped[str] = mapped_column(String(32))
+    rule: Mapped[str] = mapped_column(String(128))
+    series_uids: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column()
+    retry_at: Mapped[datetime | None] = mapped_column()  # a failed delivery waits until then
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    # Result files written by the job; set once inference is done so a retry only redelivers.
+    result_paths: Mapped[list[str] | None] = mapped_column(JSON)
+    delivered: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    # What the pipeline wants a reader to know: dropped slices, context used, model label.
+    record: Mapped[dict[str, object] | None] = mapped_column(JSON)
+
+    study: Mapped[Study] = relationship(back_populates="jobs")

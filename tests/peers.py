@@ -1,0 +1,298 @@
+"""Real peers for the tests on free loopback ports: Orthanc, PostgreSQL, the node itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_BIN = Path(sys.executable).with_name("medgemma-node")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+# DCMTK and Orthanc leave Nagle's algorithm on otherwise: ~40 ms per instance on loopback.
+NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float, what: str, every: float = 0.2) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` at the end."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError) as e:  # a peer still starting refuses connections
+            last_error = e
+        time.sleep(every)
+    raise TimeoutError(
+        f"timed out after {timeout:g} s waiting for {what} (last error: {last_error})"
+    )
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+ROUTE_STABLE_STUDIES = """
+-- Route every stable study to the node, leaving out what the node itself sent back.
+function OnStableStudy(studyId, tags, metadata)
+  local instances = ParseJson(RestApiGet('/studies/' .. studyId .. '/instances'))
+  local ids = {}
+  for _, instance in pairs(instances) do
+    local origin = RestApiGet('/instances/' .. instance['ID'] .. '/metadata/RemoteAET')
+    if origin ~= 'NODE_AET' then
+      table.insert(ids, instance['ID'])
+    end
+  end
+  if #ids > 0 then
+    RestApiPost('/modalities/node/store', DumpJson(ids, true))
+  end
+end
+"""
+
+
+class Orthanc:
+    """An Orthanc PACS with the DICOMweb plugin, its own storage, on free ports."""
+
+    def __init__(self, workdir: Path, *, aet: str = "ORTHANC") -> None:
+        self.workdir = workdir
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def start(
+        self,
+        *,
+        node_aet: str | None = None,
+        node_port: int | None = None,
+        route: bool = False,
+        extra_modalities: dict[str, list[Any]] | None = None,
+        stable_age: int = 1,
+    ) -> Orthanc:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        modalities: dict[str, list[Any]] = dict(extra_modalities or {})
+        if node_aet and node_port:
+            modalities["node"] = [node_aet, "127.0.0.1", node_port]
+        config: dict[str, Any] = {
+            "Name": "test-pacs",
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "RemoteAccessAllowed": True,
+            "AuthenticationEnabled": False,
+            "DicomModalities": modalities,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowMove": True,
+            "DicomCheckCalledAet": False,
+            "StableAge": stable_age,
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "LuaScripts": [],
+        }
+        if route and node_aet:
+            script = self.workdir / "route.lua"
+            script.write_text(ROUTE_STABLE_STUDIES.replace("NODE_AET", node_aet))
+            config["LuaScripts"] = [str(script)]
+        config_path = self.workdir / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        log = (self.workdir / "orthanc.log").open("wb")
+        self.process = subprocess.Popen(
+            ["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=NODELAY_ENV
+        )
+        wait_for(lambda: self.get("/system"), timeout=30, what="Orthanc to answer HTTP")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            body = response.read()
+        try:
+            return json.loads(body)
+        except ValueError:
+            return body
+
+    def get_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return bytes(response.read())
+
+    def post(self, path: str, body: bytes | str | dict[str, Any] | list[Any]) -> Any:
+        data = (
+            body
+            if isinstance(body, bytes)
+            else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
+        )
+        request = urllib.request.Request(self.url + path, data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        result: dict[str, Any] = self.post("/instances", path.read_bytes())
+        return result
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster owned by the ``postgres`` user, trust auth on loopback."""
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, args: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *args]
+        return args
+
+    def start(self) -> Postgres:
+        bin_dir = self.BIN if self.BIN.exists() else Path(shutil.which("initdb") or "").parent
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        data = self.workdir / "pgdata"
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+            self.workdir.chmod(0o755)
+            # every parent must be traversable by the postgres user
+            for parent in self.workdir.parents:
+                if parent != Path("/") and not os.access(parent, os.X_OK):
+                    parent.chmod(parent.stat().st_mode | 0o111)
+        subprocess.run(
+            self._as_postgres(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        log = (self.workdir / "postgres.log").open("wb")
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir / "postgres.log", "postgres", "postgres")
+        self.process = subprocess.Popen(
+            self._as_postgres(
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.workdir),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                ]
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: port_open(self.port), timeout=30, what="PostgreSQL to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+
+class NodeProcess:
+    """``medgemma-node serve`` as a separate process, as an administrator runs it."""
+
+    def __init__(self, config_path: Path, log_path: Path, port: int) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(NODE_BIN), "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        wait_for(self._listening, timeout=60, what=f"the node to listen on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"the node exited with {self.process.returncode}: {self.log()}")
+        return port_open(self.port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None

@@ -1,0 +1,437 @@
+"""node.imaging: DICOM → MedGemma inputs, checked on pixel values.
+
+Radiographs use the real CR ``RG1_*`` (four encodings) and deid-data's DX cat;
+volumes use series built by ``fixtures.series`` from real CT/MR slices, plus a
+few in-memory datasets whose stored values are chosen to hit window edges.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import config
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from fixtures.series import (
+    MARKER_SLICE,
+    inject_duplicate,
+    inject_localizer,
+    inject_localizer_and_duplicate,
+    make_cr_study,
+    make_ct_series,
+    make_mr_series,
+    marker_hu,
+)
+from node.imaging.errors import ImagingError
+from node.imaging.radiograph import RadiographImage, radiograph_to_image
+from node.imaging.volume import sample_indices, series_to_volume_input
+
+RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
+
+
+def _testdata(name: str) -> Path:
+    found = get_testdata_file(name, download=False)
+    if found is None:
+        pytest.skip(f"{name} not installed (pydicom-data)")
+    return Path(str(found))
+
+
+@pytest.fixture(scope="module")
+def rg1_images() -> dict[str, RadiographImage]:
+    return {name: radiograph_to_image(pydicom.dcmread(_testdata(name))) for name in RG1}
+
+
+@pytest.fixture
+def strict_reading() -> Iterator[None]:
+    """Reading validation that raises, for round trips of what we write."""
+    old = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.RAISE
+    try:
+        yield
+    finally:
+        config.settings.reading_validation_mode = old
+
+
+def _ct_slice(hu: np.ndarray, *, position: float = 0.0, slope: float = 1.0) -> Dataset:
+    """An in-memory CT slice (CT_small's header) whose pixels are exactly ``hu``."""
+    ds = pydicom.dcmread(_testdata("CT_small.dcm"))
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = hu.shape
+    ds.RescaleSlope = f"{slope:g}"
+    ds.RescaleIntercept = "-1024"
+    ds.ImagePositionPatient = [0.0, 0.0, position]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    if "PixelPaddingValue" in ds:
+        del ds.PixelPaddingValue
+    stored = np.rint((hu + 1024) / slope).astype(np.int16)
+    ds.PixelData = stored.tobytes()
+    return ds
+
+
+def _grey_image(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs: object) -> Dataset:
+    """A minimal single-frame greyscale image with unsigned 16-bit pixels."""
+    ds = pydicom.dcmread(_testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPInstanceUID = generate_uid()
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+# --- radiographs -------------------------------------------------------------------
+
+
+def test_rg1_is_padded_to_a_centred_square(rg1_images: dict[str, RadiographImage]) -> None:
+    result = rg1_images["RG1_UNCR.dcm"]
+    assert (result.source_rows, result.source_columns) == (1955, 1841)
+    assert result.image.size == (1955, 1955)
+    assert result.image.mode == "RGB"
+    assert (result.pad_top, result.pad_left) == (0, 57)
+    assert result.window == (15000.0, 30000.0)
+    pixels = np.asarray(result.image)
+    assert not pixels[:, :57].any() and not pixels[:, 57 + 1841 :].any()
+    assert np.array_equal(pixels[..., 0], pixels[..., 1])
+    assert np.array_equal(pixels[..., 0], pixels[..., 2])
+
+
+def test_rg1_monochrome1_is_inverted(rg1_images: dict[str, RadiographImage]) -> None:
+    """MONOCHROME1: the highest stored value (most attenuation... displayed white) turns dark."""
+    raw = pydicom.dcmread(_testdata("RG1_UNCR.dcm")).pixel_array
+    grey = np.asarray(rg1_images["RG1_UNCR.dcm"].image)[:, 57 : 57 + 1841, 0]
+    brightest_raw = raw == raw.max()
+    darkest_raw = raw == raw.min()
+    assert grey[brightest_raw].max() < grey[darkest_raw].min()
+    # Window 15000/30000 on 0…32767: raw max 26479 → ≈ 255 − 225, raw min 874 → ≈ 255 − 7.
+    assert abs(int(grey[brightest_raw].mean()) - (255 - round(26479 / 30000 * 255))) <= 2
+    assert abs(int(grey[darkest_raw].mean()) - (255 - round(874 / 30000 * 255))) <= 2
+
+
+def test_rg1_encodings_give_nearly_the_same_image(
+    rg1_images: dict[str, RadiographImage],
+) -> None:
+    reference = np.asarray(rg1_images["RG1_UNCR.dcm"].image).astype(np.int16)
+    assert np.array_equal(np.asarray(rg1_images["RG1_J2KR.dcm"].image), reference)  # lossless
+    for name in ("RG1_UNCI.dcm", "RG1_J2KI.dcm"):  # lossy twins
+        other = rg1_images[name]
+        assert (other.pad_top, other.pad_left, other.image.size) == (0, 57, (1955, 1955))
+        diff = np.abs(np.asarray(other.image).astype(np.int16) - reference)
+        assert diff.mean() < 1.0 and diff.max() <= 4, name
+
+
+def test_dx_cat_from_deid_data() -> None:
+    deid_data = pytest.importorskip("deid_data")
+    path = Path(deid_data.__file__).parent / "data" / "animals" / "cat.dcm"
+    if not path.exists():
+        pytest.skip("deid-data's cat.dcm not present")
+    result = radiograph_to_image(path)  # a path works as well as a dataset
+    assert (result.source_rows, result.source_columns) == (2614, 3072)
+    assert result.image.size == (3072, 3072)
+    assert (result.pad_top, result.pad_left) == ((3072 - 2614) // 2, 0)
+    assert result.window == (2048.0, 4096.0)
+    pixels = np.asarray(result.image)
+    assert not pixels[: result.pad_top].any()
+    assert pixels[result.pad_top : result.pad_top + 2614].max() > 200
+
+
+def test_min_max_fallback_inversion_and_padding_mask() -> None:
+    pixels = np.array([[100, 200, 300, 400], [100, 200, 300, 9999]])
+    ds = _grey_image(pixels, "MONOCHROME1", PixelPaddingValue=9999)
+    result = radiograph_to_image(ds)
+    assert result.window is None
+    assert (result.image.size, result.pad_top, result.pad_left) == ((4, 4), 1, 0)
+    grey = np.asarray(result.image)[1:3, :, 0]
+    # Padding excluded from the min–max (else 100…400 would squash into ~0…8),
+    # MONOCHROME1 inverted (100 → white), padding black.
+    assert grey.tolist() == [[255, 170, 85, 0], [255, 170, 85, 0]]
+    assert grey[1, 3] == 0
+
+
+def test_presentation_lut_inverse_inverts_once() -> None:
+    pixels = np.array([[0, 100]])
+    mono2 = radiograph_to_image(_grey_image(pixels, PresentationLUTShape="INVERSE"))
+    assert np.asarray(mono2.image)[0, :, 0].tolist() == [255, 0]
+    assert mono2.notes
+    mono1 = radiograph_to_image(_grey_image(pixels, "MONOCHROME1", PresentationLUTShape="INVERSE"))
+    assert np.asarray(mono1.image)[0, :, 0].tolist() == [255, 0]
+    plain = radiograph_to_image(_grey_image(pixels, PresentationLUTShape="IDENTITY"))
+    assert np.asarray(plain.image)[0, :, 0].tolist() == [0, 255]
+
+
+def test_window_and_sigmoid_are_pydicom_s() -> None:
+    pixels = np.array([[0, 1000, 2000, 3000, 65535]])
+    linear = radiograph_to_image(_grey_image(pixels, WindowCenter=2000, WindowWidth=2000))
+    assert linear.window == (2000.0, 2000.0)
+    assert np.asarray(linear.image)[2, :, 0].tolist() == [0, 0, 128, 255, 255]
+    sigmoid = radiograph_to_image(
+        _grey_image(pixels, WindowCenter=2000, WindowWidth=2000, VOILUTFunction="SIGMOID")
+    )
+    row = np.asarray(sigmoid.image)[2, :, 0].tolist()
+    assert row[2] == 128 and 0 < row[1] < 128 < row[3] < 255 and row == sorted(row)
+
+
+def test_multiple_windows_use_the_first() -> None:
+    pixels = np.array([[0, 1000, 2000]])
+    ds = _grey_image(pixels, WindowCenter=[1000, 50000], WindowWidth=[2000, 10])
+    result = radiograph_to_image(ds)
+    assert result.window == (1000.0, 2000.0)
+    assert np.asarray(result.image)[1, :, 0].tolist() == [0, 128, 255]
+
+
+def test_voi_lut_sequence_is_applied() -> None:
+    pixels = np.array([[0, 1, 2, 3]])
+    item = Dataset()
+    item.LUTDescriptor = [4, 0, 8]
+    item.LUTData = [0, 255, 0, 255]  # a non-monotonic LUT proves the LUT was used
+    ds = _grey_image(pixels, WindowCenter=1, WindowWidth=2)
+    ds.VOILUTSequence = [item]
+    result = radiograph_to_image(ds)
+    assert result.window is None
+    assert np.asarray(result.image)[1, :, 0].tolist() == [0, 255, 0, 255]
+
+
+def test_missing_pixel_data_names_the_uid() -> None:
+    ds = pydicom.dcmread(_testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
+    with pytest.raises(ImagingError, match=f"{ds.SOPInstanceUID}.*no pixel data"):
+        radiograph_to_image(ds)
+
+
+def test_unsupported_photometric_names_the_uid() -> None:
+    ds = _grey_image(np.zeros((2, 2)), "PALETTE COLOR")
+    with pytest.raises(ImagingError, match=f"{ds.SOPInstanceUID}.*PALETTE COLOR"):
+        radiograph_to_image(ds)
+
+
+def test_cr_fixture_round_trips_under_strict_reading(tmp_path: Path, strict_reading: None) -> None:
+    path = make_cr_study(tmp_path, patient_id="P-1", study_date="20230102")
+    ds = pydicom.dcmread(path)
+    original = pydicom.dcmread(_testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert ds.SOPInstanceUID != original.SOPInstanceUID
+    assert ds.StudyInstanceUID != original.StudyInstanceUID
+    assert (ds.PatientID, ds.BodyPartExamined, ds.StudyDate) == ("P-1", "CHEST", "20230102")
+    assert radiograph_to_image(ds).image.size == (1955, 1955)
+
+
+# --- sampling ---------------------------------------------------------------------
+
+
+def test_sample_indices_follow_the_notebook() -> None:
+    assert sample_indices(40) == list(range(40))
+    assert sample_indices(85) == list(range(85))
+    picked = sample_indices(300)
+    assert len(picked) == 85
+    assert picked == [round(i / 85 * 299) for i in range(1, 86)]
+    assert picked[0] == 4 and picked[-1] == 299  # the notebook starts at i = 1
+    assert picked == sorted(set(picked))
+    assert sample_indices(86) == [round(i / 85 * 85) for i in range(1, 86)]
+    assert sample_indices(0) == []
+
+
+# --- CT volumes ---------------------------------------------------------------------
+
+
+def test_ct_windows_on_known_hu() -> None:
+    hu = np.array([[0, -2000, 3000, 40], [-1024, 1024, -135, 80]], dtype=np.float64)
+    volume = series_to_volume_input([_ct_slice(hu)])
+    assert volume.modality == "CT" and len(volume.images) == 1
+    rgb = np.asarray(volume.images[0])
+    r, g, b = rgb[0, 0]
+    assert r in (127, 128) and g in (98, 99) and b == 0  # HU 0
+    assert rgb[0, 1].tolist() == [0, 0, 0]  # −2000: below every window
+    assert rgb[0, 2].tolist() == [255, 255, 255]  # 3000: above every window
+    assert rgb[0, 3, 2] in (127, 128)  # 40 HU is the centre of the brain window
+    assert rgb[1, 0].tolist() == [0, 0, 0]
+    assert rgb[1, 1].tolist() == [255, 255, 255]
+    assert rgb[1, 2, 1] == 0 and rgb[1, 3, 2] == 255
+
+
+def test_ct_lut_path_equals_float_path() -> None:
+    """Integer HU go through the LUT, a fractional slope through float math; same pixels."""
+    hu = np.arange(-1100, 1100, 2, dtype=np.float64).reshape(50, 22)
+    lut = np.asarray(series_to_volume_input([_ct_slice(hu, slope=1.0)]).images[0])
+    float_path = np.asarray(series_to_volume_input([_ct_slice(hu, slope=0.5)]).images[0])
+    assert np.array_equal(lut, float_path)
+
+
+def test_ct_slices_sorted_by_position_not_instance_number(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path, 12, spacing=2.5)
+    numbers = [int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber) for p in paths]
+    assert numbers != sorted(numbers)  # the fixture really disagrees with position
+    shuffled = sorted(tmp_path.glob("*.dcm"))  # file names follow InstanceNumber
+    volume = series_to_volume_input(shuffled)
+    assert volume.slice_indices == list(range(12))
+    assert np.allclose(np.diff(volume.z_positions), 2.5)
+    markers = [np.asarray(image)[MARKER_SLICE][..., 0] for image in volume.images]
+    expected_r = [int((marker_hu(k) + 1024) / 2048 * 255) for k in range(12)]
+    assert [int(m[0, 0]) for m in markers] == expected_r
+    assert volume.notes == []
+    assert volume.series_uid == pydicom.dcmread(paths[0]).SeriesInstanceUID
+    # Datasets in any order give the same images as paths.
+    from_datasets = series_to_volume_input([pydicom.dcmread(p) for p in reversed(paths)])
+    assert all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(volume.images, from_datasets.images, strict=True)
+    )
+
+
+def test_long_ct_series_is_sampled_with_the_notebook_formula(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path, 300, source="CT_small.dcm", spacing=1.0, marker=False)
+    volume = series_to_volume_input(paths)
+    assert len(volume.images) == 85
+    assert volume.slice_indices == sample_indices(300)
+    first = float(pydicom.dcmread(paths[0], stop_before_pixels=True).ImagePositionPatient[2])
+    assert np.allclose(volume.z_positions, [first + i for i in sample_indices(300)])
+
+
+def test_localizer_and_duplicate_are_dropped_and_noted(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path, 10)
+    localizer, duplicate = inject_localizer_and_duplicate(paths, tmp_path, duplicate_index=3)
+    volume = series_to_volume_input(sorted(tmp_path.glob("*.dcm")))
+    assert len(volume.images) == 10
+    loc_uid = pydicom.dcmread(localizer).SOPInstanceUID
+    dup_uid = pydicom.dcmread(duplicate).SOPInstanceUID
+    assert any("localizer" in n and loc_uid in n for n in volume.notes)
+    assert any("duplicate" in n and dup_uid in n for n in volume.notes)
+    # The ORIGINAL kept: its marker is the position marker, not the DERIVED copy's max.
+    r = int(np.asarray(volume.images[3])[4, 4, 0])
+    assert r == int((marker_hu(3) + 1024) / 2048 * 255)
+
+
+def test_derived_duplicate_listed_first_still_loses(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path, 5, shuffle=False)
+    duplicate = inject_duplicate(paths, tmp_path, index=0)
+    volume = series_to_volume_input([duplicate, *paths])
+    assert len(volume.images) == 5
+    assert int(np.asarray(volume.images[0])[4, 4, 0]) == int((marker_hu(0) + 1024) / 2048 * 255)
+
+
+def test_localizer_without_localizer_image_type_is_dropped_by_orientation(
+    tmp_path: Path,
+) -> None:
+    paths = make_ct_series(tmp_path, 6)
+    localizer = inject_localizer(paths, tmp_path)
+    ds = pydicom.dcmread(localizer)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.save_as(localizer)
+    volume = series_to_volume_input([*paths, localizer])
+    assert len(volume.images) == 6
+    assert any("orientation" in n and ds.SOPInstanceUID in n for n in volume.notes)
+
+
+def test_gap_is_noted_with_values(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path, 8, spacing=2.0, source="CT_small.dcm")
+    volume = series_to_volume_input(paths[:4] + paths[6:])
+    assert len(volume.images) == 6
+    gap_notes = [n for n in volume.notes if "gap" in n]
+    assert gap_notes and "6.00 mm" in gap_notes[0] and "2.00 mm" in gap_notes[0]
+
+
+def test_irregular_spacing_is_noted(tmp_path: Path) -> None:
+    datasets = [_ct_slice(np.zeros((4, 4)), position=z) for z in (0.0, 1.0, 2.0, 3.2, 4.2, 5.2)]
+    volume = series_to_volume_input(datasets)
+    assert any("irregular slice spacing" in n and "1.200" in n for n in volume.notes)
+
+
+def test_unreadable_file_is_dropped_with_a_note(tmp_path: Path) -> None:
+    """Choice: a file that isn't DICOM at all is noted and skipped, not fatal."""
+    paths = make_ct_series(tmp_path, 5, source="CT_small.dcm")
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom file at all")
+    volume = series_to_volume_input([*paths, junk])
+    assert len(volume.images) == 5
+    assert any("unreadable" in n and "junk.dcm" in n for n in volume.notes)
+
+
+def test_truncated_pixel_data_raises_naming_series_and_instance(tmp_path: Path) -> None:
+    """Choice: a sampled slice that reads but won't decode is fatal (no silent resampling)."""
+    paths = make_ct_series(tmp_path, 5, source="CT_small.dcm")
+    broken = paths[2]
+    broken.write_bytes(broken.read_bytes()[:-10_000])
+    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    broken_uid = pydicom.dcmread(broken, stop_before_pixels=True).SOPInstanceUID
+    with pytest.raises(ImagingError) as info:
+        series_to_volume_input(paths)
+    assert header.SeriesInstanceUID in str(info.value)
+    assert broken_uid in str(info.value)
+
+
+def test_mixed_matrix_keeps_the_largest_stack(tmp_path: Path) -> None:
+    big = [_ct_slice(np.zeros((8, 8)), position=z) for z in range(5)]
+    small = [_ct_slice(np.zeros((4, 4)), position=z) for z in range(2)]
+    volume = series_to_volume_input([*small, *big])
+    assert len(volume.images) == 5 and volume.images[0].size == (8, 8)
+    assert any("matrix 4x4 vs 8x8" in n for n in volume.notes)
+
+
+def test_no_usable_slice_raises_naming_the_series() -> None:
+    ds = pydicom.dcmread(_testdata("CT_small.dcm"), stop_before_pixels=True)
+    with pytest.raises(ImagingError, match=ds.SeriesInstanceUID):
+        series_to_volume_input([ds])
+    localizer = copy.deepcopy(pydicom.dcmread(_testdata("CT_small.dcm")))
+    localizer.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    with pytest.raises(ImagingError, match=localizer.SeriesInstanceUID):
+        series_to_volume_input([localizer])
+    with pytest.raises(ImagingError, match="no readable"):
+        series_to_volume_input([])
+
+
+def test_enhanced_multiframe_is_refused_clearly() -> None:
+    ds = pydicom.dcmread(_testdata("emri_small.dcm"))
+    with pytest.raises(ImagingError, match=f"{ds.SeriesInstanceUID}.*enhanced multi-frame"):
+        series_to_volume_input([ds])
+
+
+def test_non_volume_modality_is_refused() -> None:
+    ds = _ct_slice(np.zeros((4, 4)))
+    ds.Modality = "PT"
+    with pytest.raises(ImagingError, match=f"{ds.SeriesInstanceUID}.*'PT'"):
+        series_to_volume_input([ds])
+
+
+def test_ct_fixture_round_trips_under_strict_reading(tmp_path: Path, strict_reading: None) -> None:
+    study_uid = generate_uid()
+    paths = make_ct_series(tmp_path, 3, study_uid=study_uid, patient_id="P-2")
+    uids = set()
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert (ds.StudyInstanceUID, ds.PatientID) == (study_uid, "P-2")
+        assert ds.pixel_array.shape == (512, 512)
+        uids.add(ds.SOPInstanceUID)
+    assert len(uids) == 3
+
+
+# --- MR volumes ---------------------------------------------------------------------
+
+
+def test_mr_min_max_over_the_whole_volume(tmp_path: Path) -> None:
+    paths = make_mr_series(tmp_path, 6)
+    # Make slice 0 dim (values halved) so a per-slice stretch would differ from a global one.
+    ds = pydicom.dcmread(paths[0])
+    ds.PixelData = (ds.pixel_array // 2).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(paths[0])
+    stored = np.stack([pydicom.dcmread(p).pixel_array for p in paths]).astype(np.float64)
+    volume = series_to_volume_input(paths)
+    assert volume.modality == "MR"
+    grey = np.stack([np.asarray(image) for image in volume.images])
+    assert np.array_equal(grey[..., 0], grey[..., 1])
+    assert np.array_equal(grey[..., 0], grey[..., 2])
+    assert grey.min() == 0 and grey.max() == 255
+    expected = ((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
+    assert np.abs(grey[..., 0].astype(int) - expected).max() <= 1
+    assert grey[0].max() < 200  # the dim slice stays dim: one scale for all slices

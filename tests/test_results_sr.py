@@ -1,0 +1,334 @@
+"""Findings SR: build -> write -> read back strictly -> compare, and dciodvfy."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.data import get_charset_files, get_testdata_file
+from pydicom.sr.codedict import codes
+from pydicom.uid import ComprehensiveSRStorage, generate_uid
+
+from node.results.disclaimer import TEST_MODEL_BANNER
+from node.results.sr import build_findings_sr
+from tests.dicom_tools import dciodvfy_errors, dciodvfy_report, write_tmp
+
+FINDINGS = "Heart size normal.\nNo focal consolidation, effusion or pneumothorax."
+MODEL = "google/medgemma-1.5-4b-it"
+TEST_MODEL = "TEST MODEL (/models/tiny-random)"
+SOURCE_FILES = ("RG1_UNCR.dcm", "CT_small.dcm", "MR_small.dcm")
+
+
+@pytest.fixture(autouse=True)
+def strict_reading() -> Iterator[None]:
+    """Read everything in these tests as a strict consumer would."""
+    settings = pydicom.config.settings
+    previous = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.RAISE
+    yield
+    settings.reading_validation_mode = previous
+
+
+def load_source(name: str) -> Dataset:
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"{name} missing: install pydicom-data"
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def ct_slices(count: int) -> list[Dataset]:
+    """A small CT series made from CT_small: new instance UIDs, stepped positions."""
+    template = load_source("CT_small.dcm")
+    series_uid = generate_uid()
+    slices = []
+    for index in range(count):
+        ds = copy.deepcopy(template)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = index + 1
+        x, y, z = (float(v) for v in template.ImagePositionPatient)
+        # Strings, not floats: strict DS validation refuses over-long reprs.
+        ds.ImagePositionPatient = [f"{x:.3f}", f"{y:.3f}", f"{z + 5.0 * index:.3f}"]
+        slices.append(ds)
+    return slices
+
+
+def build(sources: list[Dataset], findings: str = FINDINGS, **overrides: Any) -> Dataset:
+    options: dict[str, Any] = {
+        "task": "cxr-report",
+        "model_label": MODEL,
+        "is_test_model": False,
+        **overrides,
+    }
+    return build_findings_sr(sources, findings, **options)
+
+
+def round_trip(sr: Dataset, tmp_path: Path) -> tuple[Path, Dataset]:
+    path = write_tmp(sr, tmp_path)
+    return path, pydicom.dcmread(path)
+
+
+def content_items(ds: Dataset) -> Iterator[Dataset]:
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from content_items(item)
+
+
+def texts(ds: Dataset, meaning: str | None = None) -> list[str]:
+    return [
+        str(item.TextValue)
+        for item in content_items(ds)
+        if item.ValueType == "TEXT"
+        and (meaning is None or item.ConceptNameCodeSequence[0].CodeMeaning == meaning)
+    ]
+
+
+def evidence_uids(ds: Dataset) -> set[str]:
+    return {
+        sop.ReferencedSOPInstanceUID
+        for study in ds.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+
+
+def content_reference_uids(ds: Dataset) -> set[str]:
+    return {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in content_items(ds)
+        if item.ValueType in ("IMAGE", "COMPOSITE")
+    }
+
+
+@pytest.mark.parametrize("name", SOURCE_FILES)
+def test_round_trip_keeps_patient_and_study(name: str, tmp_path: Path) -> None:
+    source = load_source(name)
+    _, back = round_trip(build([source], context_used="Cough for 3 weeks."), tmp_path)
+
+    assert back.SOPClassUID == ComprehensiveSRStorage
+    assert back.Modality == "SR"
+    assert back.StudyInstanceUID == source.StudyInstanceUID
+    assert back.PatientID == source.PatientID
+    assert back.PatientName == source.PatientName
+    assert back.SeriesInstanceUID != source.SeriesInstanceUID
+    assert back.SOPInstanceUID != source.SOPInstanceUID
+    assert back.VerificationFlag == "UNVERIFIED"
+    assert back.PreliminaryFlag == "PRELIMINARY"
+    assert back.CompletionFlag == "PARTIAL"
+    assert back.SeriesDescription == "MedGemma findings (UNVERIFIED)"
+    assert back.Manufacturer == "medgemma-node"
+    assert back.SoftwareVersions == "0.1.0"
+    assert back.ContentDate and back.ContentTime
+    if "InstitutionName" in source:
+        assert back.InstitutionName == source.InstitutionName
+
+
+@pytest.mark.parametrize("name", SOURCE_FILES)
+def test_content_tree_holds_findings_disclaimer_model_task_context(
+    name: str, tmp_path: Path
+) -> None:
+    source = load_source(name)
+    _, back = round_trip(build([source], context_used="Cough for 3 weeks."), tmp_path)
+
+    root = back.ConceptNameCodeSequence[0]
+    assert (root.CodeValue, root.CodingSchemeDesignator) == (
+        codes.LN.DiagnosticImagingReport.value,
+        codes.LN.DiagnosticImagingReport.scheme_designator,
+    )
+    assert texts(back, "Finding") == [FINDINGS]
+    [disclaimer] = texts(back, "Comment")
+    assert disclaimer.startswith("NOT FOR DIAGNOSTIC USE.")
+    assert MODEL in disclaimer and "UNVERIFIED" in disclaimer
+    assert TEST_MODEL_BANNER not in disclaimer
+    assert texts(back, "Algorithm Name") == [MODEL]
+    assert texts(back, "Device Observer Name") == [MODEL]
+    assert texts(back, "Algorithm Parameters") == ["task=cxr-report"]
+    assert texts(back, "History") == ["Cough for 3 weeks."]
+
+
+def test_no_context_section_without_context(tmp_path: Path) -> None:
+    _, back = round_trip(build([load_source("CT_small.dcm")], context_used="  "), tmp_path)
+    assert texts(back, "History") == []
+
+
+def test_test_model_says_so_everywhere_a_reader_looks(tmp_path: Path) -> None:
+    sr = build([load_source("RG1_UNCR.dcm")], model_label=TEST_MODEL, is_test_model=True)
+    _, back = round_trip(sr, tmp_path)
+
+    assert TEST_MODEL_BANNER in back.SeriesDescription
+    [disclaimer] = texts(back, "Comment")
+    assert disclaimer.startswith(TEST_MODEL_BANNER)
+    assert "TEST MODEL" in disclaimer and "not by MedGemma" in disclaimer
+    assert TEST_MODEL in disclaimer
+    assert texts(back, "Device Observer Name") == [TEST_MODEL]
+    assert dciodvfy_errors(write_tmp(sr, tmp_path, "again.dcm")) == []
+
+
+# Beyond the three required sources: enhanced multi-frame objects, and a
+# de-identified CT (CQ500) whose header claims identity removal without a method.
+MORE_SOURCE_FILES = ("693_UNCR.dcm", "emri_small.dcm", "eCT_Supplemental.dcm", "SC_rgb.dcm")
+
+
+@pytest.mark.parametrize("name", SOURCE_FILES + MORE_SOURCE_FILES)
+def test_dciodvfy_reports_no_errors(name: str, tmp_path: Path) -> None:
+    sr = build([load_source(name)], context_used="Fever.")
+    path = write_tmp(sr, tmp_path)
+    assert dciodvfy_errors(path) == []
+
+
+def test_dciodvfy_warnings_come_only_from_copied_source_values(tmp_path: Path) -> None:
+    """The node's own attributes draw no warnings; CT_small's Patient's Weight of 0 does."""
+    path = write_tmp(build([load_source("CT_small.dcm")]), tmp_path)
+    assert dciodvfy_report(path) == [
+        "Warning - Value is zero for value 1 of attribute <Patient's Weight>"
+    ]
+
+
+def test_ct_series_is_referenced_in_evidence_and_content(tmp_path: Path) -> None:
+    slices = ct_slices(5)
+    path, back = round_trip(build(slices, task="ct-summary"), tmp_path)
+
+    expected = {ds.SOPInstanceUID for ds in slices}
+    assert evidence_uids(back) == expected
+    assert content_reference_uids(back) == expected
+    [study] = back.CurrentRequestedProcedureEvidenceSequence
+    assert study.StudyInstanceUID == slices[0].StudyInstanceUID
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == slices[0].SeriesInstanceUID
+    assert dciodvfy_errors(path) == []
+
+
+def test_duplicate_sources_are_referenced_once(tmp_path: Path) -> None:
+    source = load_source("MR_small.dcm")
+    _, back = round_trip(build([source, source]), tmp_path)
+    image_items = [i for i in content_items(back) if i.ValueType == "IMAGE"]
+    assert len(image_items) == 1
+    assert evidence_uids(back) == {source.SOPInstanceUID}
+
+
+def test_non_ascii_findings_survive(tmp_path: Path) -> None:
+    findings = "Pleuraerguss links, Größe 3 cm. Épanchement pleural. 胸水"
+    source = load_source("RG1_UNCR.dcm")
+    path, back = round_trip(build([source], findings, context_used="Dyspnö"), tmp_path)
+
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert texts(back, "Finding") == [findings]
+    assert texts(back, "History") == ["Dyspnö"]
+    assert back.PatientName == source.PatientName
+    assert dciodvfy_errors(path) == []
+
+
+def test_ascii_findings_keep_source_character_set(tmp_path: Path) -> None:
+    source = load_source("CT_small.dcm")
+    _, back = round_trip(build([source]), tmp_path)
+    assert back.SpecificCharacterSet == source.SpecificCharacterSet
+
+
+def test_non_ascii_patient_name_from_latin1_source_survives_utf8(tmp_path: Path) -> None:
+    [path] = get_charset_files("chrFren.dcm")
+    source = pydicom.dcmread(path)
+    assert source.SpecificCharacterSet == "ISO_IR 100"
+    source.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    _, back = round_trip(build([source], "Größe 3 cm"), tmp_path)
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert str(back.PatientName) == str(source.PatientName)
+
+
+def test_very_long_findings(tmp_path: Path) -> None:
+    findings = "\n".join(f"Line {n}: no acute abnormality in segment {n}." for n in range(20_000))
+    assert len(findings) > 900_000
+    path, back = round_trip(build([load_source("CT_small.dcm")], findings), tmp_path)
+    assert texts(back, "Finding") == [findings]
+    assert dciodvfy_errors(path) == []
+
+
+def test_missing_type2_source_attributes_are_written_empty(tmp_path: Path) -> None:
+    source = load_source("MR_small.dcm")
+    del source.AccessionNumber
+    del source.ReferringPhysicianName
+    path, back = round_trip(build([source]), tmp_path)
+    assert back.AccessionNumber == ""
+    assert "AccessionNumber" not in source
+    assert dciodvfy_errors(path) == []
+
+
+def test_fixed_uids_make_retries_idempotent() -> None:
+    source = load_source("CT_small.dcm")
+    series_uid, sop_uid = generate_uid(), generate_uid()
+    first = build([source], series_instance_uid=series_uid, sop_instance_uid=sop_uid)
+    second = build([source], series_instance_uid=series_uid, sop_instance_uid=sop_uid)
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID == series_uid
+    assert first.SOPInstanceUID == second.SOPInstanceUID == sop_uid
+    assert build([source]).SeriesInstanceUID != build([source]).SeriesInstanceUID
+
+
+def test_device_observer_uid_is_stable_per_model() -> None:
+    source = load_source("CT_small.dcm")
+
+    def observer_uid(sr: Dataset) -> str:
+        [item] = [i for i in content_items(sr) if i.ValueType == "UIDREF"]
+        return str(item.UID)
+
+    assert observer_uid(build([source])) == observer_uid(build([source]))
+    assert observer_uid(build([source])) != observer_uid(
+        build([source], model_label=TEST_MODEL, is_test_model=True)
+    )
+
+
+def test_dsrdump_parses_the_document(tmp_path: Path) -> None:
+    dsrdump = shutil.which("dsrdump")
+    assert dsrdump is not None, "dsrdump not found (Debian package dcmtk)"
+    sr = build(
+        [load_source("RG1_UNCR.dcm")], "Größe 3 cm", model_label=TEST_MODEL, is_test_model=True
+    )
+    result = subprocess.run(
+        [dsrdump, "+Pl", "+U8", str(write_tmp(sr, tmp_path))],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Verification Flag   : UNVERIFIED" in result.stdout
+    assert '"Finding")="Größe 3 cm"' in result.stdout
+
+
+def test_sources_from_two_studies_are_refused() -> None:
+    ct, mr = load_source("CT_small.dcm"), load_source("MR_small.dcm")
+    assert ct.StudyInstanceUID != mr.StudyInstanceUID
+    with pytest.raises(ValueError) as caught:
+        build([ct, mr])
+    assert str(ct.StudyInstanceUID) in str(caught.value)
+    assert str(mr.StudyInstanceUID) in str(caught.value)
+
+
+@pytest.mark.parametrize("findings", ["", "   \n\t"])
+def test_empty_findings_are_refused(findings: str) -> None:
+    with pytest.raises(ValueError, match="findings"):
+        build([load_source("CT_small.dcm")], findings)
+
+
+def test_no_sources_are_refused() -> None:
+    with pytest.raises(ValueError, match="sources"):
+        build([])
+
+
+def test_sources_are_left_untouched() -> None:
+    source = load_source("RG1_UNCR.dcm")
+    before = copy.deepcopy(source)
+    build([source], "Größe 3 cm", context_used="x")
+    assert source == before
+
+
+def test_identity_removed_without_method_is_completed(tmp_path: Path) -> None:
+    source = load_source("693_UNCR.dcm")
+    assert source.PatientIdentityRemoved == "YES" and "DeidentificationMethod" not in source
+    _, back = round_trip(build([source]), tmp_path)
+    assert back.PatientIdentityRemoved == "YES"
+    assert back.DeidentificationMethod.startswith("Unknown")

@@ -106,12 +106,25 @@ class Rule(_Strict):
     task: Task
 
 
+def default_routing() -> list[Rule]:
+    """What a file without a ``routing`` section gets: chest radiographs, CT, MR."""
+    return [
+        Rule(
+            name="chest radiograph",
+            match=Match(modality=["CR", "DX"], body_part=["CHEST"]),
+            task=Task.CXR_REPORT,
+        ),
+        Rule(name="ct", match=Match(modality=["CT"]), task=Task.CT_VOLUME),
+        Rule(name="mr", match=Match(modality=["MR"]), task=Task.MR_VOLUME),
+    ]
+
+
 class Settings(_Strict):
     node: NodeSettings = Field(default_factory=NodeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     pacs: PacsSettings | None = None
     outputs: list[Output] = Field(default_factory=lambda: [Output.SR])
-    routing: list[Rule] = Field(default_factory=list)
+    routing: list[Rule] = Field(default_factory=default_routing)
 
 
 class ConfigError(Exception):

@@ -62,6 +62,7 @@ def node_config(tmp_path: Path, model_path: Path, **sections: Any) -> tuple[Path
             config[key] = {**config[key], **value}
         else:
             config[key] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, config

@@ -14,14 +14,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, func, make_url, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from node.store.meta import InstanceMeta
-from node.store.models import Base, Instance, Job, JobState, Series, Study, StudyState, utcnow
+from node.store.models import (
+    Base,
+    Instance,
+    Job,
+    JobState,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -66,6 +81,8 @@ class Index:
         # SQLite has one writer at a time anyway; serialising writers in-process avoids
         # busy-waiting between the SCP's association threads.
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._study_ids: dict[str, int] = {}
+        self._series_ids: dict[str, int] = {}
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -73,12 +90,16 @@ class Index:
             yield session
 
     @contextmanager
-    def writing(self) -> Iterator[Session]:
+    def _write_guard(self) -> Iterator[None]:
         if self._write_lock is None:
-            with self._sessions.begin() as session:
-                yield session
+            yield
             return
-        with self._write_lock, self._sessions.begin() as session:
+        with self._write_lock:
+            yield
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        with self._write_guard(), self._sessions.begin() as session:
             yield session
 
     def close(self) -> None:
@@ -103,44 +124,15 @@ class Index:
         raise AssertionError("unreachable")
 
     def _file_instance(self, meta: InstanceMeta, path: str, *, reopen: bool) -> Filed:
+        # SQLAlchemy Core with cached study/series ids: this runs once per received
+        # instance, on the path the sender is waiting on.
         now = utcnow()
-        with self.writing() as s:
-            existing = s.scalar(select(Instance).where(Instance.sop_uid == meta.sop_uid))
-            if existing is not None:
-                existing.path = path
-                return Filed.DUPLICATE
-            study = s.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-            if study is None:
-                study = Study(
-                    study_uid=meta.study_uid,
-                    patient_id=meta.patient_id,
-                    accession_number=meta.accession_number,
-                    first_received=now,
-                    state=StudyState.RECEIVING,
-                )
-                s.add(study)
-                s.flush()
-            elif study.state != StudyState.RECEIVING and reopen:
-                study.state = StudyState.RECEIVING
-                study.note = "re-opened by instances that arrived after routing"
-            study.last_received = now
-            series = s.scalar(select(Series).where(Series.series_uid == meta.series_uid))
-            if series is None:
-                series = Series(
-                    study_id=study.id,
-                    series_uid=meta.series_uid,
-                    modality=meta.modality,
-                    body_part=meta.body_part,
-                    description=meta.series_description,
-                    image_type=meta.image_type,
-                    sop_class_uid=meta.sop_class_uid,
-                    calling_ae=meta.calling_ae,
-                )
-                s.add(series)
-                s.flush()
-            s.add(
-                Instance(
-                    series_id=series.id,
+        with self._write_guard(), self.engine.begin() as conn:
+            study_id = self._study_id(conn, meta, now)
+            series_id = self._series_id(conn, meta, study_id)
+            inserted = conn.execute(
+                self._insert_ignore(Instance, "sop_uid").values(
+                    series_id=series_id,
                     sop_uid=meta.sop_uid,
                     sop_class_uid=meta.sop_class_uid,
                     transfer_syntax_uid=meta.transfer_syntax_uid,
@@ -148,7 +140,65 @@ class Index:
                     received_at=now,
                 )
             )
+            if inserted.rowcount == 0:
+                conn.execute(
+                    update(Instance).where(Instance.sop_uid == meta.sop_uid).values(path=path)
+                )
+                return Filed.DUPLICATE
+            conn.execute(update(Study).where(Study.id == study_id).values(last_received=now))
+            if reopen:
+                conn.execute(
+                    update(Study)
+                    .where(Study.id == study_id, Study.state != StudyState.RECEIVING)
+                    .values(
+                        state=StudyState.RECEIVING,
+                        note="re-opened by instances that arrived after routing",
+                    )
+                )
+        # Only ids of committed rows may be remembered.
+        self._study_ids[meta.study_uid] = study_id
+        self._series_ids[meta.series_uid] = series_id
         return Filed.NEW
+
+    def _insert_ignore(self, model: type[Base], unique_column: str) -> Any:
+        if self.is_sqlite:
+            return sqlite_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
+        return postgresql_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
+
+    def _study_id(self, conn: Connection, meta: InstanceMeta, now: datetime) -> int:
+        cached = self._study_ids.get(meta.study_uid)
+        if cached is not None:
+            return cached
+        conn.execute(
+            self._insert_ignore(Study, "study_uid").values(
+                study_uid=meta.study_uid,
+                patient_id=meta.patient_id,
+                accession_number=meta.accession_number,
+                state=StudyState.RECEIVING,
+                first_received=now,
+                last_received=now,
+            )
+        )
+        return int(conn.scalar(select(Study.id).where(Study.study_uid == meta.study_uid)) or 0)
+
+    def _series_id(self, conn: Connection, meta: InstanceMeta, study_id: int) -> int:
+        cached = self._series_ids.get(meta.series_uid)
+        if cached is not None:
+            return cached
+        conn.execute(
+            self._insert_ignore(Series, "series_uid").values(
+                study_id=study_id,
+                series_uid=meta.series_uid,
+                modality=meta.modality,
+                body_part=meta.body_part,
+                description=meta.series_description,
+                image_type=meta.image_type,
+                sop_class_uid=meta.sop_class_uid,
+                calling_ae=meta.calling_ae,
+            )
+        )
+        series_id = conn.scalar(select(Series.id).where(Series.series_uid == meta.series_uid))
+        return int(series_id or 0)
 
     def known_sop_uids(self) -> set[str]:
         with self.session() as s:

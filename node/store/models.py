@@ -59,9 +59,8 @@ class Series(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
     description: Mapped[str | None] = mapped_column(String(64))
-    image_type: Mapped[str | None] = mapped_column(
-        String(128)
-    )  # backslash-joined, as DICOM writes it
+    # backslash-joined, as DICOM writes it
+    image_type: Mapped[str | None] = mapped_column(String(128))
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
 

@@ -1,0 +1,68 @@
+"""``medgemma-node run``: files in, result objects out, no network; what the model saw is saved."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+from pydicom import dcmread
+
+from fixtures.series import make_cr_study, make_ct_series
+from tests.dicom_tools import dciodvfy_errors
+from tests.peers import NODE_BIN
+
+
+def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "node": {"data_dir": str(tmp_path / "data")},
+                "model": {"path": str(test_model), "max_new_tokens": 80},
+            }
+        )
+    )
+    inputs = tmp_path / "in"
+    cr = make_cr_study(inputs / "cr", patient_id="RUN-CR")
+    ct = make_ct_series(inputs / "ct", n_slices=12)
+    (inputs / "not-dicom.txt").write_text("hello")
+    out, saved = tmp_path / "out", tmp_path / "saved"
+    result = subprocess.run(
+        [
+            str(NODE_BIN),
+            "run",
+            str(inputs),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--save-inputs",
+            str(saved),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not-dicom.txt" in result.stderr  # skipped with a reason, not a crash
+    written = sorted(out.rglob("*.dcm"))
+    assert len(written) == 2
+    studies = {str(dcmread(p).StudyInstanceUID) for p in written}
+    assert studies == {str(dcmread(cr).StudyInstanceUID), str(dcmread(ct[0]).StudyInstanceUID)}
+    for path in written:
+        assert dciodvfy_errors(path) == []
+    loud = "TEST MODEL"
+    assert loud in result.stderr  # said at start-up, not only inside the results
+
+    cr_inputs = next(saved.glob("*cxr-report"))
+    assert sorted(p.name for p in cr_inputs.glob("*.png")) == ["000.png"]
+    assert "Describe this X-ray." in (cr_inputs / "prompt.txt").read_text()
+    ct_inputs = next(saved.glob("*ct-volume"))
+    assert len(list(ct_inputs.glob("*.png"))) == 12
+    meta = json.loads((ct_inputs / "meta.json").read_text())
+    assert meta["slice_indices"] == list(range(12))
+    assert meta["z_positions"] == sorted(meta["z_positions"])
+    prompt = (ct_inputs / "prompt.txt").read_text()
+    assert prompt.index("SLICE 1") < prompt.index("SLICE 12")

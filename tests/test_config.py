@@ -1,0 +1,60 @@
+"""Configuration is validated once: a bad key or value stops the node, naming key and file."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from node.config import ConfigError, Task, load_settings, parse_settings
+from tests.peers import NODE_BIN, REPO
+
+
+def test_embedded_defaults_and_shipped_file_agree() -> None:
+    embedded = load_settings(None)
+    shipped = load_settings(REPO / "config" / "node.yaml")
+    assert embedded == shipped
+    assert [r.task for r in embedded.routing] == [Task.CXR_REPORT, Task.CT_VOLUME, Task.MR_VOLUME]
+    assert embedded.node.resolved_database_url.startswith("sqlite:///")
+    # a file without a routing section gets the same default rules
+    assert parse_settings("node: {port: 104}\n", "test").routing == embedded.routing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("node: {ae_titel: X}\n", "node.ae_titel: Extra inputs are not permitted"),
+        ("node: {port: 70000}\n", "node.port"),
+        ("node: {ae_title: WAY_TOO_LONG_AE_TITLE}\n", "node.ae_title"),
+        ("model: {engine: onnx}\n", "model.engine"),
+        ("outputs: [sr, pdf]\n", "outputs.1"),
+        (
+            "routing: [{name: x, task: cxr-report, match: {series_description: '('}}]\n",
+            "routing.0.match.series_description",
+        ),
+        ("pacs: {ae_title: PACS, host: h}\n", "pacs.port: Field required"),
+    ],
+)
+def test_bad_configuration_names_key_and_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert expected in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_serve_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("node:\n  stable_secs: 5\n")
+    result = subprocess.run(
+        [str(NODE_BIN), "serve", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "node.stable_secs" in result.stderr and str(path) in result.stderr
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_settings(tmp_path / "nope.yaml")

@@ -1,0 +1,342 @@
+"""Inference: the test checkpoint through the real Gemma 3 loading and generation code.
+
+The tiny model is built once per session (~10 s on 2 cores); a second build, by the
+data-directory fallback, doubles as the check that builds are deterministic.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from node.config import ModelSettings, Task
+from node.inference import engine as engine_module
+from node.inference import prompts
+from node.inference.answers import (
+    AnswerError,
+    final_answer,
+    parse_boxes,
+    report_sections,
+    strip_thinking,
+    yes_no,
+)
+from node.inference.engine import (
+    EngineError,
+    ModelLoadError,
+    OpenAIEngine,
+    TransformersEngine,
+    find_medgemma_weights,
+    load_engine,
+)
+from node.inference.request import TEST_MODEL_LABEL, Prompt
+from node.inference.test_model import (
+    IMAGE_SIZE,
+    LOCALIZE_ANSWER,
+    LOCALIZE_BOX,
+    LOCALIZE_LABEL,
+    MARKER_NAME,
+    REPORT_ANSWER,
+    TOKENS_PER_IMAGE,
+    VOLUME_ANSWER,
+    build_test_model,
+    is_test_model,
+)
+
+NOT_CACHED = "medgemma-node-tests/not-in-any-cache"
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def test_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_model(tmp_path_factory.mktemp("inference") / "test-model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def engine(test_model_dir: Path) -> TransformersEngine:
+    loaded = load_engine(ModelSettings(path=test_model_dir), Path("unused-data-dir"))
+    assert isinstance(loaded, TransformersEngine)
+    return loaded
+
+
+def _noise(seed: int, size: tuple[int, int] = (512, 512), mode: str = "L") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = (3,) if mode == "RGB" else ()
+    pixels = rng.integers(0, 256, size=(size[1], size[0], *channels), dtype=np.uint8)
+    return Image.fromarray(pixels, mode=mode)
+
+
+def _gradient(width: int = 640, height: int = 480) -> Image.Image:
+    row = np.linspace(0, 255, width).astype(np.uint8)
+    return Image.fromarray(np.tile(row, (height, 1)), mode="L")
+
+
+def _images() -> list[Image.Image]:
+    return [_noise(1), _noise(2, (700, 700), "RGB"), _gradient(), Image.new("L", (300, 300))]
+
+
+# --- the test checkpoint -------------------------------------------------------------------------
+
+
+def test_checkpoint_is_gemma3_with_medgemma_image_processing(test_model_dir: Path) -> None:
+    assert is_test_model(test_model_dir)
+    marker = json.loads((test_model_dir / MARKER_NAME).read_text())
+    assert "Not MedGemma" in marker["warning"]
+    config = json.loads((test_model_dir / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForConditionalGeneration"]
+    assert config["mm_tokens_per_image"] == TOKENS_PER_IMAGE
+    processor_config = json.loads((test_model_dir / "processor_config.json").read_text())
+    image = processor_config["image_processor"]
+    assert image["size"] == {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    assert image["image_mean"] == image["image_std"] == [0.5, 0.5, 0.5]
+    assert image["resample"] == Image.Resampling.BILINEAR
+
+
+def test_engine_names_the_test_model(engine: TransformersEngine, test_model_dir: Path) -> None:
+    assert engine.is_test_model
+    assert engine.label.startswith(TEST_MODEL_LABEL)
+    assert str(test_model_dir) in engine.label
+
+
+@pytest.mark.parametrize("context", [None, "Cough and fever for 3 days; former smoker."])
+def test_report_prompt_gives_the_fixed_report(
+    engine: TransformersEngine, context: str | None
+) -> None:
+    for image in _images():
+        answer = engine.generate(prompts.cxr_report_prompt(image, context=context))
+        assert answer == REPORT_ANSWER
+    sections = report_sections(answer)
+    assert set(sections) == {"FINDINGS", "IMPRESSION"}
+    assert sections["IMPRESSION"] == "No acute cardiopulmonary abnormality."
+
+
+@pytest.mark.parametrize(("modality", "slices"), [("CT", 1), ("CT", 12), ("MR", 3)])
+def test_volume_prompt_gives_the_fixed_answer(
+    engine: TransformersEngine, modality: prompts.VolumeModality, slices: int
+) -> None:
+    volume = [_noise(seed) if seed % 2 else _gradient(512, 512) for seed in range(slices)]
+    question = prompts.volume_finding_question("pleural effusion", modality)
+    for asked in (None, question):
+        prompt = prompts.volume_prompt(volume, modality, question=asked, context="abdominal pain")
+        answer = engine.generate(prompt)
+        assert answer == VOLUME_ANSWER
+        assert final_answer(answer) == "no"
+        assert yes_no(answer) is False
+
+
+def test_localize_prompt_gives_the_fixed_boxes(engine: TransformersEngine) -> None:
+    for finding in ("opacity", "left lower lobe consolidation"):
+        answer = engine.generate(prompts.cxr_localize_prompt(_noise(7, (600, 600)), finding))
+        assert answer == LOCALIZE_ANSWER
+    (box,) = parse_boxes(answer)
+    assert box.label == LOCALIZE_LABEL
+    assert (box.y0, box.x0, box.y1, box.x1) == LOCALIZE_BOX
+    assert box.to_pixels(600, 600) == (90.0, 120.0, 270.0, 360.0)
+    assert final_answer(answer) == LOCALIZE_LABEL
+
+
+def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> None:
+    slices = [_noise(seed, (128, 128)) for seed in range(3)]
+    prompt = prompts.volume_prompt(slices, "CT", question="Is the liver normal?")
+    expected_instruction = prompts.VOLUME_INSTRUCTION.format(modality="CT")
+    assert prompt.system is None
+    assert prompt.content == (
+        expected_instruction,
+        slices[0],
+        "SLICE 1",
+        slices[1],
+        "SLICE 2",
+        slices[2],
+        "SLICE 3",
+        "Is the liver normal?",
+    )
+    assert prompt.max_new_tokens == prompts.VOLUME_MAX_NEW_TOKENS
+    inputs = engine.inputs(prompt)
+    ids = inputs["input_ids"][0].tolist()
+    tokenizer = engine._processor.tokenizer
+    assert ids.count(tokenizer.image_token_id) == len(slices) * TOKENS_PER_IMAGE
+    assert ids.count(tokenizer.convert_tokens_to_ids("<start_of_image>")) == len(slices)
+    assert tuple(inputs["pixel_values"].shape) == (len(slices), 3, IMAGE_SIZE, IMAGE_SIZE)
+    text = tokenizer.decode(ids)
+    assert text.startswith("<bos><start_of_turn>user\n" + expected_instruction)
+    assert text.index("SLICE 1") < text.index("SLICE 2") < text.index("SLICE 3")
+    assert text.endswith("Is the liver normal?<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_report_prompt_folds_system_into_the_user_turn(engine: TransformersEngine) -> None:
+    prompt = prompts.cxr_report_prompt(_gradient(), context='history "quoted"\nsecond line')
+    text = engine._processor.tokenizer.decode(engine.inputs(prompt)["input_ids"][0])
+    assert text.startswith("<bos><start_of_turn>user\nYou are an expert radiologist.\n\n\n\n")
+    assert text.endswith(
+        'After looking at the indication and patient history "history "quoted" second line"... '
+        "Describe this X-ray.<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_fallback_builds_the_test_model_once_and_deterministically(
+    tmp_path: Path, test_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = ModelSettings(name=NOT_CACHED)
+    first = load_engine(settings, tmp_path)
+    built = tmp_path / "test-model"
+    assert first.is_test_model and str(built) in first.label
+    weights = "model.safetensors"
+    assert (built / weights).read_bytes() == (test_model_dir / weights).read_bytes()
+
+    def refuse(out_dir: Path, *, seed: int = 0) -> Path:
+        raise AssertionError(f"rebuilt the test model in {out_dir}")
+
+    monkeypatch.setattr(engine_module, "build_test_model", refuse)
+    again = load_engine(settings, tmp_path)
+    assert again.generate(prompts.cxr_report_prompt(_gradient())) == REPORT_ANSWER
+
+
+# --- finding and loading weights -----------------------------------------------------------------
+
+
+def test_missing_model_path_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match=str(missing)):
+        load_engine(ModelSettings(path=missing), tmp_path)
+
+
+def test_broken_checkpoint_is_named(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ModelLoadError, match=str(broken)):
+        load_engine(ModelSettings(path=broken), tmp_path)
+
+
+def test_weights_are_found_in_the_hugging_face_cache(tmp_path: Path) -> None:
+    repo = tmp_path / "models--google--medgemma-1.5-4b-it"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model-00001-of-00002.safetensors").write_bytes(b"")
+    settings = ModelSettings(name="google/medgemma-1.5-4b-it")
+    assert find_medgemma_weights(settings, cache_dir=tmp_path) == snapshot
+    assert find_medgemma_weights(ModelSettings(name=NOT_CACHED), cache_dir=tmp_path) is None
+
+
+# --- the OpenAI-compatible engine -----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_openai_engine_names_a_dead_url(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    engine = load_engine(ModelSettings(engine="openai", url=url), tmp_path)
+    with pytest.raises(EngineError, match=f"{url}/chat/completions"):
+        engine.generate(prompts.cxr_report_prompt(_gradient()))
+
+
+def test_openai_engine_needs_a_url(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="model.url"):
+        load_engine(ModelSettings(engine="openai"), tmp_path)
+
+
+@pytest.fixture
+def chat_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback chat completions server that records requests and answers with a trace."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            length = int(self.headers["Content-Length"])
+            received.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
+            content = "thinking about it<unused95>\n" + VOLUME_ANSWER + "\n"
+            reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep the test log to the node's own lines
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1/", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_openai_engine_sends_images_as_data_urls(
+    chat_server: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = chat_server
+    engine = OpenAIEngine(url, model="google/medgemma-1.5-4b-it")
+    slices = [_noise(1, (64, 64)), _gradient(64, 64)]
+    answer = engine.generate(prompts.volume_prompt(slices, "MR"))
+    assert answer == VOLUME_ANSWER
+    assert not engine.is_test_model and engine.label == "google/medgemma-1.5-4b-it"
+    (request,) = received
+    assert request["path"] == "/v1/chat/completions"
+    body = request["body"]
+    assert body["temperature"] == 0 and body["max_tokens"] == prompts.VOLUME_MAX_NEW_TOKENS
+    (user,) = body["messages"]
+    kinds = [part["type"] for part in user["content"]]
+    assert kinds == ["text", "image_url", "text", "image_url", "text", "text"]
+    data_url = user["content"][1]["image_url"]["url"]
+    assert data_url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))
+    assert np.array_equal(np.asarray(decoded), np.asarray(slices[0]))  # lossless
+
+
+# --- prompts and answers, no model -----------------------------------------------------------
+
+
+def test_prompt_limits_are_enforced() -> None:
+    with pytest.raises(ValueError, match="at least one slice"):
+        prompts.volume_prompt([], "CT")
+    too_many = [_gradient(8, 8)] * (prompts.MAX_VOLUME_SLICES + 1)
+    with pytest.raises(ValueError, match="got 86"):
+        prompts.volume_prompt(too_many, "MR")
+    with pytest.raises(ValueError, match="640x480"):
+        prompts.cxr_localize_prompt(_gradient(), "nodule")
+
+
+def test_task_defaults_cover_every_task() -> None:
+    assert set(prompts.DEFAULT_MAX_NEW_TOKENS) == set(Task)
+    prompt = prompts.cxr_report_prompt(_gradient())
+    assert prompt == Prompt(
+        system="You are an expert radiologist.",
+        content=(prompt.content[0], "Describe this X-ray."),
+        max_new_tokens=prompts.DEFAULT_MAX_NEW_TOKENS[Task.CXR_REPORT],
+    )
+
+
+def test_answer_parsers_reject_malformed_answers() -> None:
+    assert strip_thinking("trace<unused95>  answer \n") == "answer"
+    assert yes_no('so...\nFinal Answer: "Yes".') is True
+    assert yes_no("no verdict here") is None
+    with pytest.raises(AnswerError, match="no ```json"):
+        parse_boxes("Final Answer: opacity")
+    with pytest.raises(AnswerError, match="not valid JSON"):
+        parse_boxes("```json\n[{]\n```")
+    with pytest.raises(AnswerError, match="y0 < y1"):
+        parse_boxes('```json\n[{"box_2d": [600, 1, 200, 5], "label": "x"}]\n```')

@@ -13,6 +13,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from node.config import ConfigError, Settings, Task, load_settings
+from node.pipeline.process import LOG_FORMAT
 from node.store.ingest import read_header
 from node.store.meta import InstanceMeta, InvalidInstance
 from node.studies.routing import SeriesFacts, plan_jobs
@@ -38,11 +39,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from node.service import NodeService
 
     settings = _settings(args.config)
-    service = NodeService(settings, lambda: _engine(settings))
+    service = NodeService(settings, verbose=args.verbose)
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
-        service._stop.set()
+        service.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -117,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         save = args.save_inputs / f"{number:03d}-{task.value}" if args.save_inputs else None
         files = {uid: by_series[uid] for uid in series_uids}
         try:
-            outcome = run_task(TaskInput(task, files, save), engine)
+            outcome = run_task(TaskInput(task, files, save, settings.model.max_new_tokens), engine)
         except InputError as e:
             log.error("study %s, task %s: %s", study_uid, task.value, e)
             failures += 1
@@ -170,10 +171,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
     return int(args.func(args))
 
 

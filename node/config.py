@@ -54,6 +54,7 @@ class NodeSettings(_Strict):
     # What happens to instances that arrive after a study's job has started.
     late_arrivals: Literal["rerun", "ignore"] = "rerun"
     max_attempts: int = Field(default=3, ge=1)
+    retry_seconds: float = Field(default=30.0, gt=0)  # first wait after a failed attempt; grows
     workers: int = Field(default=1, ge=1)
 
     @property
@@ -68,7 +69,8 @@ class ModelSettings(_Strict):
     name: str = "google/medgemma-1.5-4b-it"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_new_tokens: int = Field(default=600, ge=1, le=8192)
+    # None: each task's value from the official notebooks (report 600, volumes 2000)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
 
 
 class PacsSettings(_Strict):
@@ -125,6 +127,15 @@ class Settings(_Strict):
     pacs: PacsSettings | None = None
     outputs: list[Output] = Field(default_factory=lambda: [Output.SR])
     routing: list[Rule] = Field(default_factory=default_routing)
+
+    @field_validator("routing")
+    @classmethod
+    def _unique_rule_names(cls, rules: list[Rule]) -> list[Rule]:
+        names = [rule.name for rule in rules]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(repeated)}")
+        return rules
 
 
 class ConfigError(Exception):

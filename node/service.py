@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
-from collections.abc import Callable
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as MpEvent
 
 from node.config import Output, Settings
 from node.dimse.scp import StorageSCP
-from node.inference.request import Engine
-from node.pipeline.worker import Worker, release_dead_local_workers
+from node.pipeline.process import start_worker
+from node.pipeline.worker import release_dead_local_workers
 from node.store.index import Index
 from node.store.ingest import Ingest
 from node.store.spool import Spool
@@ -17,13 +19,11 @@ from node.studies.completeness import CompletenessWatcher, pacs_count_query
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[], Engine]
-
 
 class NodeService:
-    def __init__(self, settings: Settings, engine_factory: EngineFactory) -> None:
+    def __init__(self, settings: Settings, *, verbose: bool = False) -> None:
         self.settings = settings
-        self.engine_factory = engine_factory
+        self.verbose = verbose
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.spool = Spool(data_dir / "spool")
@@ -37,8 +37,9 @@ class NodeService:
         )
         self.watcher = CompletenessWatcher(settings, self.index, count_query)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.ready = threading.Event()  # set once the model is loaded and workers run
+        self._worker_stop = multiprocessing.get_context("spawn").Event()
+        self._watch_thread: threading.Thread | None = None
+        self._workers: dict[int, tuple[SpawnProcess, MpEvent]] = {}
         self.failure: str | None = None
 
     def start(self) -> None:
@@ -49,13 +50,13 @@ class NodeService:
         release_dead_local_workers(self.index)
         # Receive first: the PACS may route while the model is still loading.
         self.scp.start()
-        self._spawn("completeness", self._watch)
-        self._spawn("workers", self._run_workers)
+        self._watch_thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
+        self._watch_thread.start()
+        for number in range(self.settings.node.workers):
+            self._start_worker(number)
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+    def _start_worker(self, number: int) -> None:
+        self._workers[number] = start_worker(self.settings, number, self._worker_stop, self.verbose)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -65,29 +66,35 @@ class NodeService:
                 log.exception("completeness check failed; trying again")
             self._stop.wait(0.5)
 
-    def _run_workers(self) -> None:
-        try:
-            engine = self.engine_factory()
-        except Exception as e:
-            log.critical("the model could not be loaded, stopping the node: %s", e)
-            self.failure = f"model could not be loaded: {e}"
-            self._stop.set()
-            return
-        workers = [
-            Worker(self.settings, self.index, engine, number=n)
-            for n in range(self.settings.node.workers)
-        ]
-        for worker in workers[1:]:
-            self._spawn(f"worker-{worker.id}", lambda w=worker: w.run(self._stop))  # type: ignore[misc]
-        self.ready.set()
-        workers[0].run(self._stop)
+    def supervise_once(self) -> None:
+        """Restart a worker that died after loading its model; stop the node if one never could."""
+        for number, (process, ready) in list(self._workers.items()):
+            if process.is_alive() or self._stop.is_set():
+                continue
+            if not ready.is_set():
+                self.failure = f"worker {number} could not load the model (exit {process.exitcode})"
+                log.critical("%s; stopping the node", self.failure)
+                self._stop.set()
+                return
+            log.error("worker %d died (exit %s); restarting it", number, process.exitcode)
+            release_dead_local_workers(self.index)
+            self._start_worker(number)
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            self.supervise_once()
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()
+        self._worker_stop.set()
         self.scp.stop()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        for process, _ready in self._workers.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout=10)
         self.index.close()
-
-    def wait(self) -> None:
-        self._stop.wait()

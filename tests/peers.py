@@ -279,8 +279,9 @@ class NodeProcess:
             raise RuntimeError(f"the node exited with {self.process.returncode}: {self.log()}")
         return port_open(self.port)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def log(self, tail: int | None = 4000) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def kill(self) -> None:
         if self.process is not None:

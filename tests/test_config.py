@@ -34,6 +34,7 @@ def test_embedded_defaults_and_shipped_file_agree() -> None:
             "routing.0.match.series_description",
         ),
         ("pacs: {ae_title: PACS, host: h}\n", "pacs.port: Field required"),
+        ("routing: [{name: a, task: ct-volume}, {name: a, task: mr-volume}]\n", "repeated: a"),
     ],
 )
 def test_bad_configuration_names_key_and_file(tmp_path: Path, text: str, expected: str) -> None:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
@@ -20,7 +21,7 @@ from node.config import Task
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import radiograph_to_image
 from node.imaging.volume import series_to_volume_input
-from node.inference.prompts import cxr_report_prompt, volume_prompt
+from node.inference.prompts import DEFAULT_MAX_NEW_TOKENS, cxr_report_prompt, volume_prompt
 from node.inference.request import Engine, Prompt
 from node.results.sr import build_findings_sr
 
@@ -42,6 +43,11 @@ class TaskInput:
     task: Task
     series: dict[str, list[Path]]  # SeriesInstanceUID -> instance files
     save_inputs: Path | None = None
+    max_new_tokens: int | None = None  # None: the task's official default
+
+    @property
+    def token_limit(self) -> int:
+        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.task]
 
 
 def _read(path: Path) -> Dataset:
@@ -76,7 +82,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         except ImagingError as e:
             errors.append(str(e))
             continue
-        prompt = cxr_report_prompt(radiograph.image)
+        prompt = cxr_report_prompt(radiograph.image, max_new_tokens=job.token_limit)
         findings = _generate(
             engine,
             prompt,
@@ -116,7 +122,8 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
         except ImagingError as e:
             errors.append(str(e))
             continue
-        prompt = volume_prompt(volume.images, "CT" if job.task is Task.CT_VOLUME else "MR")
+        modality: Literal["CT", "MR"] = "CT" if job.task is Task.CT_VOLUME else "MR"
+        prompt = volume_prompt(volume.images, modality, max_new_tokens=job.token_limit)
         findings = _generate(
             engine,
             prompt,

@@ -12,6 +12,7 @@ import socket
 import threading
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 from node.config import Settings, Task
 from node.dispatch.deliver import deliver, save_results
@@ -24,7 +25,14 @@ log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
 RENEW_EVERY = 15.0
-RETRY_BACKOFF = timedelta(seconds=10)
+
+
+class StopSignal(Protocol):
+    """A threading or multiprocessing Event."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def worker_id(number: int = 0) -> str:
@@ -67,7 +75,7 @@ class Worker:
         self.results_root = settings.node.data_dir / "results"
         self.save_inputs_root: Path | None = None
 
-    def run(self, stop: threading.Event, idle_wait: float = 0.5) -> None:
+    def run(self, stop: StopSignal, idle_wait: float = 0.5) -> None:
         while not stop.is_set():
             try:
                 worked = self.run_once()
@@ -133,7 +141,10 @@ class Worker:
         save_inputs = None
         if self.save_inputs_root is not None:
             save_inputs = self.save_inputs_root / f"job-{job.id}"
-        outcome = run_task(TaskInput(Task(job.task), series, save_inputs), self.engine)
+        task_input = TaskInput(
+            Task(job.task), series, save_inputs, self.settings.model.max_new_tokens
+        )
+        outcome = run_task(task_input, self.engine)
         paths = save_results(outcome.results, self.results_root / f"job-{job.id}")
         record = {
             **outcome.record,
@@ -153,7 +164,7 @@ class Worker:
             self.id,
             state=JobState.QUEUED,
             error=error,
-            retry_at=utcnow() + RETRY_BACKOFF * job.attempts,
+            retry_at=utcnow() + timedelta(seconds=self.settings.node.retry_seconds * job.attempts),
             lease_until=None,
         )
 

@@ -17,7 +17,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, make_url, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    case,
+    create_engine,
+    event,
+    func,
+    make_url,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -36,6 +46,9 @@ from node.store.models import (
 )
 
 log = logging.getLogger(__name__)
+
+
+REOPENED_NOTE = "re-opened by instances that arrived after routing"
 
 
 class Filed(StrEnum):
@@ -145,16 +158,14 @@ class Index:
                     update(Instance).where(Instance.sop_uid == meta.sop_uid).values(path=path)
                 )
                 return Filed.DUPLICATE
-            conn.execute(update(Study).where(Study.id == study_id).values(last_received=now))
+            values: dict[str, Any] = {"last_received": now}
             if reopen:
-                conn.execute(
-                    update(Study)
-                    .where(Study.id == study_id, Study.state != StudyState.RECEIVING)
-                    .values(
-                        state=StudyState.RECEIVING,
-                        note="re-opened by instances that arrived after routing",
-                    )
+                # One statement: a routed study goes back to receiving under `rerun`.
+                values["state"] = StudyState.RECEIVING
+                values["note"] = case(
+                    (Study.state != StudyState.RECEIVING, REOPENED_NOTE), else_=Study.note
                 )
+            conn.execute(update(Study).where(Study.id == study_id).values(**values))
         # Only ids of committed rows may be remembered.
         self._study_ids[meta.study_uid] = study_id
         self._series_ids[meta.series_uid] = series_id

@@ -65,8 +65,8 @@ def plan_jobs(series: Sequence[SeriesFacts], rules: Sequence[Rule]) -> list[Plan
             if matches(rule.match, facts):
                 chosen.setdefault(rule.name, []).append(facts.series_uid)
                 break
-    by_name = {rule.name: rule for rule in rules}
     return [
-        PlannedJob(task=by_name[name].task.value, rule=name, series_uids=uids)
-        for name, uids in chosen.items()
+        PlannedJob(task=rule.task.value, rule=rule.name, series_uids=chosen[rule.name])
+        for rule in rules
+        if rule.name in chosen
     ]

@@ -1,0 +1,76 @@
+"""Worker processes: the model runs outside the process that receives, so ingest never waits on it.
+
+Each worker process loads its own engine, claims jobs from the shared index and dies with
+its parent (a SIGKILLed node leaves no orphan holding jobs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event
+
+from node.config import Settings
+from node.pipeline.worker import Worker
+from node.store.index import Index
+
+log = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the watcher thread below still ends us
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            threading.Event().wait(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def worker_main(
+    settings: Settings, number: int, parent_pid: int, stop: Event, ready: Event, verbose: bool
+) -> None:
+    _die_with_parent(parent_pid)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    from node.inference.engine import load_engine  # torch is imported here, not in the parent
+
+    try:
+        engine = load_engine(settings.model, settings.node.data_dir)
+    except Exception as e:
+        log.critical("worker %d: the model could not be loaded: %s", number, e)
+        raise SystemExit(3) from e
+    index = Index(settings.node.resolved_database_url)
+    ready.set()
+    try:
+        Worker(settings, index, engine, number=number).run(stop)
+    finally:
+        index.close()
+
+
+def start_worker(
+    settings: Settings, number: int, stop: Event, verbose: bool
+) -> tuple[SpawnProcess, Event]:
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    process = context.Process(
+        target=worker_main,
+        args=(settings, number, os.getpid(), stop, ready, verbose),
+        name=f"worker-{number}",
+        daemon=True,
+    )
+    process.start()
+    return process, ready

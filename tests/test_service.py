@@ -1,0 +1,23 @@
+"""The serving node as an administrator sees it: a model that can't load stops it with a reason."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.conftest import node_config
+from tests.peers import NODE_BIN
+
+
+def test_serve_stops_with_a_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-checkpoint"
+    config_path, _ = node_config(tmp_path, missing)
+    result = subprocess.run(
+        [str(NODE_BIN), "serve", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert str(missing) in result.stderr
+    assert "could not load the model" in result.stderr

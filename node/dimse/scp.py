@@ -109,8 +109,14 @@ class StorageSCP:
         calling, address = _requestor(event)
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         try:
-            part10 = event.encoded_dataset()
-            meta, filed = self.ingest.accept(part10, calling_ae=calling)
+            request = event.request
+            meta, filed = self.ingest.accept_received(
+                request.DataSet,
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=sop_uid,
+                transfer_syntax=event.context.transfer_syntax,
+                calling_ae=calling,
+            )
         except InvalidInstance as e:
             log.error("C-STORE of %s from %s at %s refused: %s", sop_uid, calling, address, e)
             unreadable = isinstance(e, UnreadableData)

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    bindparam,
     case,
     create_engine,
     event,
@@ -96,6 +97,7 @@ class Index:
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
+        self._prepare_statements()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -137,39 +139,48 @@ class Index:
         raise AssertionError("unreachable")
 
     def _file_instance(self, meta: InstanceMeta, path: str, *, reopen: bool) -> Filed:
-        # SQLAlchemy Core with cached study/series ids: this runs once per received
-        # instance, on the path the sender is waiting on.
+        # Runs once per received instance while the sender waits: prepared statements
+        # (their compiled form is cached) and remembered study/series ids.
         now = utcnow()
         with self._write_guard(), self.engine.begin() as conn:
             study_id = self._study_id(conn, meta, now)
             series_id = self._series_id(conn, meta, study_id)
             inserted = conn.execute(
-                self._insert_ignore(Instance, "sop_uid").values(
-                    series_id=series_id,
-                    sop_uid=meta.sop_uid,
-                    sop_class_uid=meta.sop_class_uid,
-                    transfer_syntax_uid=meta.transfer_syntax_uid,
-                    path=path,
-                    received_at=now,
-                )
+                self._insert_instance,
+                {
+                    "series_id": series_id,
+                    "sop_uid": meta.sop_uid,
+                    "sop_class_uid": meta.sop_class_uid,
+                    "transfer_syntax_uid": meta.transfer_syntax_uid,
+                    "path": path,
+                    "received_at": now,
+                },
             )
             if inserted.rowcount == 0:
-                conn.execute(
-                    update(Instance).where(Instance.sop_uid == meta.sop_uid).values(path=path)
-                )
+                conn.execute(self._replace_path, {"sop": meta.sop_uid, "new_path": path})
                 return Filed.DUPLICATE
-            values: dict[str, Any] = {"last_received": now}
-            if reopen:
-                # One statement: a routed study goes back to receiving under `rerun`.
-                values["state"] = StudyState.RECEIVING
-                values["note"] = case(
-                    (Study.state != StudyState.RECEIVING, REOPENED_NOTE), else_=Study.note
-                )
-            conn.execute(update(Study).where(Study.id == study_id).values(**values))
+            statement = self._touch_and_reopen_study if reopen else self._touch_study
+            conn.execute(statement, {"study": study_id, "now": now})
         # Only ids of committed rows may be remembered.
         self._study_ids[meta.study_uid] = study_id
         self._series_ids[meta.series_uid] = series_id
         return Filed.NEW
+
+    def _prepare_statements(self) -> None:
+        self._insert_instance = self._insert_ignore(Instance, "sop_uid")
+        self._replace_path = (
+            update(Instance)
+            .where(Instance.sop_uid == bindparam("sop"))
+            .values(path=bindparam("new_path"))
+        )
+        touch = update(Study).where(Study.id == bindparam("study"))
+        self._touch_study = touch.values(last_received=bindparam("now"))
+        # One statement: a routed study goes back to receiving under `rerun`.
+        self._touch_and_reopen_study = touch.values(
+            last_received=bindparam("now"),
+            state=StudyState.RECEIVING,
+            note=case((Study.state != StudyState.RECEIVING, REOPENED_NOTE), else_=Study.note),
+        )
 
     def _insert_ignore(self, model: type[Base], unique_column: str) -> Any:
         if self.is_sqlite:

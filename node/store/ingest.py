@@ -13,12 +13,44 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
 
 from node.store.index import Filed, Index
-from node.store.meta import InstanceMeta, InvalidInstance, UnreadableData
+from node.store.meta import INDEXED_TAGS, InstanceMeta, InvalidInstance, UnreadableData
+from node.store.part10 import part10_prefix
 from node.store.spool import Spool
 
 log = logging.getLogger(__name__)
+
+# Pixel Data and everything after it (Float/Double Float Pixel Data share the group).
+PIXEL_DATA_GROUP_START = Tag(0x7FE0, 0x0008)
+
+
+def _before_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag >= PIXEL_DATA_GROUP_START
+
+
+def read_wire_header(dataset: BytesIO, transfer_syntax: UID) -> Dataset:
+    """The header of a data set as received (no file meta, no pixel data), read in place."""
+    if transfer_syntax.is_deflated:
+        # Deflate needs the whole stream inflated; rare enough to take the slow path.
+        prefix = part10_prefix("1.2", "1.2", transfer_syntax, None)
+        return read_header(prefix + dataset.getvalue())
+    dataset.seek(0)
+    try:
+        return read_dataset(
+            dataset,
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            stop_when=_before_pixel_data,
+            specific_tags=INDEXED_TAGS,
+        )
+    except (EOFError, ValueError, KeyError, TypeError, OSError, NotImplementedError) as e:
+        raise UnreadableData(f"not a readable DICOM data set ({type(e).__name__}: {e})") from e
+    finally:
+        dataset.seek(0)
 
 
 def read_header(source: bytes | Path) -> Dataset:
@@ -44,11 +76,30 @@ class Ingest:
             transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
             calling_ae=calling_ae,
         )
+        return meta, self._file(meta, part10)
+
+    def accept_received(
+        self,
+        dataset: BytesIO,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: UID,
+        calling_ae: str | None,
+    ) -> tuple[InstanceMeta, Filed]:
+        """File a C-STORE data set as it came off the wire, without copying its pixel data."""
+        header = read_wire_header(dataset, transfer_syntax)
+        meta = InstanceMeta.from_dataset(
+            header, transfer_syntax_uid=transfer_syntax, calling_ae=calling_ae
+        )
+        prefix = part10_prefix(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
+        return meta, self._file(meta, prefix, dataset.getbuffer())
+
+    def _file(self, meta: InstanceMeta, *chunks: bytes | memoryview) -> Filed:
         path = self.spool.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
-        self.spool.write(path, part10)
+        self.spool.write(path, *chunks)
         reopen = self.reopen_on_late and not meta.is_own_result
-        filed = self.index.file_instance(meta, str(path), reopen=reopen)
-        return meta, filed
+        return self.index.file_instance(meta, str(path), reopen=reopen)
 
     def reconcile(self) -> int:
         """Index spooled files the index lacks (a crash between fsync and commit)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydicom import Dataset
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 # The Manufacturer this node writes into every result object.
@@ -38,6 +39,26 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         # MultiValue and friends: keep DICOM's own backslash form
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+# What from_dataset reads: the receive path parses only these.
+INDEXED_TAGS: list[BaseTag | int] = [
+    Tag(keyword)
+    for keyword in (
+        "SpecificCharacterSet",
+        "ImageType",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "AccessionNumber",
+        "Modality",
+        "Manufacturer",
+        "SeriesDescription",
+        "PatientID",
+        "BodyPartExamined",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+    )
+]
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,15 @@ class Spool:
         study = _digest(study_uid)
         return self.root / study[:2] / study / _digest(series_uid) / f"{_digest(sop_uid)}.dcm"
 
-    def write(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` so that after return it survives a crash or power loss."""
+    def write(self, path: Path, *chunks: bytes | memoryview) -> None:
+        """Write ``chunks`` to ``path`` so that after return it survives a crash or power loss."""
         directory = path.parent
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".incoming-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for chunk in chunks:
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp_name, path)

@@ -41,6 +41,7 @@ test: install install-peers lint
 
 bench: install install-peers
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.ingest_busy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -13,7 +13,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from node.config import ConfigError, Settings, Task, load_settings
-from node.pipeline.process import LOG_FORMAT
+from node.logs import configure_logging
 from node.store.ingest import read_header
 from node.store.meta import InstanceMeta, InvalidInstance
 from node.studies.routing import SeriesFacts, plan_jobs
@@ -171,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT)
+    configure_logging(args.verbose)
     return int(args.func(args))
 
 

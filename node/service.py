@@ -8,6 +8,9 @@ import threading
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as MpEvent
 
+from sqlalchemy import make_url
+
+from node import __version__
 from node.config import Output, Settings
 from node.dimse.scp import StorageSCP
 from node.pipeline.process import start_worker
@@ -46,6 +49,7 @@ class NodeService:
         for output in self.settings.outputs:
             if output is not Output.SR:
                 log.warning("output %r is not produced yet; only 'sr' is", output.value)
+        self._log_summary()
         self.ingest.reconcile()
         release_dead_local_workers(self.index)
         # Receive first: the PACS may route while the model is still loading.
@@ -54,6 +58,25 @@ class NodeService:
         self._watch_thread.start()
         for number in range(self.settings.node.workers):
             self._start_worker(number)
+
+    def _log_summary(self) -> None:
+        node, pacs = self.settings.node, self.settings.pacs
+        database = make_url(node.resolved_database_url).render_as_string(hide_password=True)
+        log.info(
+            "medgemma-node %s: AE %s on port %d, data in %s, index %s, %d worker(s)",
+            __version__,
+            node.ae_title,
+            node.port,
+            node.data_dir,
+            database,
+            node.workers,
+        )
+        if pacs is None:
+            log.warning("no pacs configured: results stay in %s", node.data_dir / "results")
+        else:
+            log.info("PACS %s at %s:%d", pacs.ae_title, pacs.host, pacs.port)
+        peers = ", ".join(p.ae_title for p in node.allowed_peers) or "any calling AE"
+        log.info("accepting %s; outputs: %s", peers, ", ".join(self.settings.outputs))
 
     def _start_worker(self, number: int) -> None:
         self._workers[number] = start_worker(self.settings, number, self._worker_stop, self.verbose)

@@ -16,12 +16,12 @@ from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
 
 from node.config import Settings
+from node.logs import configure_logging
 from node.pipeline.worker import Worker
 from node.store.index import Index
 
 log = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 PR_SET_PDEATHSIG = 1
 
 
@@ -44,9 +44,15 @@ def worker_main(
     settings: Settings, number: int, parent_pid: int, stop: Event, ready: Event, verbose: bool
 ) -> None:
     _die_with_parent(parent_pid)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT)
+    configure_logging(verbose)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    from node.inference.engine import load_engine  # torch is imported here, not in the parent
+    import torch  # imported here, never in the receiving process
+
+    from node.inference.engine import load_engine
+
+    if not torch.cuda.is_available():
+        # On a CPU-only host leave one core to the process that receives.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
 
     try:
         engine = load_engine(settings.model, settings.node.data_dir)

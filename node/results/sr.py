@@ -28,6 +28,7 @@ import highdicom as hd
 from highdicom.sr import ComprehensiveSR, ContainerContentItem, ContentItem, ContentSequence
 from pydicom import Dataset
 
+from node import MANUFACTURER, __version__
 from node.results.content import (
     algorithm_identification,
     clinical_context_section,
@@ -76,8 +77,8 @@ def build_findings_sr(
     series_number: int = 9901,
     instance_number: int = 1,
     context_used: str | None = None,
-    manufacturer: str = "medgemma-node",
-    software_version: str = "0.1.0",
+    manufacturer: str = MANUFACTURER,
+    software_version: str = __version__,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     now: datetime.datetime | None = None,

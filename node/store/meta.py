@@ -8,8 +8,7 @@ from pydicom import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-# The Manufacturer this node writes into every result object.
-RESULT_MANUFACTURER = "medgemma-node"
+from node import MANUFACTURER
 
 
 class InvalidInstance(ValueError):
@@ -96,5 +95,5 @@ class InstanceMeta:
             series_description=_text(ds, "SeriesDescription"),
             image_type=_text(ds, "ImageType"),
             calling_ae=calling_ae,
-            is_own_result=str(ds.get("Manufacturer", "")) == RESULT_MANUFACTURER,
+            is_own_result=str(ds.get("Manufacturer", "")) == MANUFACTURER,
         )

@@ -39,11 +39,14 @@ def _series_of_study(orthanc: Orthanc, study_uid: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize(
-    ("source", "propose"),
-    [("RG1_UNCR.dcm", "-xe"), ("RG1_J2KR.dcm", "-xv")],  # as sent: uncompressed, JPEG 2000
+    ("source", "propose", "count_by"),
+    [
+        ("RG1_UNCR.dcm", "-xe", "C-FIND"),  # sent uncompressed; completeness by C-FIND
+        ("RG1_J2KR.dcm", "-xv", "QIDO-RS"),  # sent as JPEG 2000; completeness by QIDO-RS
+    ],
 )
 def test_orthanc_routes_a_study_and_gets_an_sr_back(
-    tmp_path: Path, test_model: Path, orthanc: Orthanc, source: str, propose: str
+    tmp_path: Path, test_model: Path, orthanc: Orthanc, source: str, propose: str, count_by: str
 ) -> None:
     config_path, config = node_config(
         tmp_path,
@@ -52,7 +55,12 @@ def test_orthanc_routes_a_study_and_gets_an_sr_back(
             "stable_seconds": 30,  # the PACS' instance count must start the job, not the timeout
             "allowed_peers": [{"ae_title": "ORTHANC", "host": "127.0.0.1"}],
         },
-        pacs={"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
+        pacs={
+            "ae_title": orthanc.aet,
+            "host": "127.0.0.1",
+            "port": orthanc.dicom_port,
+            "dicomweb_url": orthanc.dicomweb_url if count_by == "QIDO-RS" else None,
+        },
     )
     node_port = config["node"]["port"]
     orthanc.start(node_aet="MEDGEMMA", node_port=node_port, route=True)

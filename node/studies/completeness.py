@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from node.config import PacsSettings, Settings
+from node.dicomweb import qido
 from node.dimse import scu
 from node.store.index import Index
 from node.store.models import Study, utcnow
@@ -26,10 +27,19 @@ RECHECK = timedelta(seconds=2)
 
 
 def pacs_count_query(pacs: PacsSettings, calling_ae: str) -> CountQuery:
-    def query(study_uid: str) -> int | None:
+    """QIDO-RS when the PACS has a DICOMweb URL, else a Study Root C-FIND."""
+    url = pacs.dicomweb_url
+    if url is not None:
+
+        def qido_query(study_uid: str) -> int | None:
+            return qido.count_study_instances(study_uid, url=url, timeout=pacs.timeout_seconds)
+
+        return qido_query
+
+    def find_query(study_uid: str) -> int | None:
         return scu.count_study_instances(study_uid, pacs=pacs, calling_ae=calling_ae)
 
-    return query
+    return find_query
 
 
 class CompletenessWatcher:

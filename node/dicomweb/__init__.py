@@ -1,0 +1,1 @@
+"""DICOMweb client side: QIDO-RS queries to the PACS (dicomweb-client)."""

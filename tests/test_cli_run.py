@@ -66,3 +66,47 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
     assert meta["z_positions"] == sorted(meta["z_positions"])
     prompt = (ct_inputs / "prompt.txt").read_text()
     assert prompt.index("SLICE 1") < prompt.index("SLICE 12")
+
+
+def test_clinical_context_reaches_prompt_and_sr(tmp_path: Path, test_model: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "node": {"data_dir": str(tmp_path / "data")},
+                "model": {"path": str(test_model), "max_new_tokens": 80},
+            }
+        )
+    )
+    cr = make_cr_study(tmp_path / "in", patient_id="CTX-1")
+    ds = dcmread(cr)
+    ds.ReasonForTheRequestedProcedure = "Fever and cough"
+    ds.save_as(cr, enforce_file_format=True)
+    out, saved = tmp_path / "out", tmp_path / "saved"
+    result = subprocess.run(
+        [
+            str(NODE_BIN),
+            "run",
+            str(cr),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--save-inputs",
+            str(saved),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    prompt = next(saved.rglob("prompt.txt")).read_text()
+    assert (
+        'After looking at the indication and patient history "Indication: Fever and cough.'
+        in prompt
+    )
+    meta = json.loads(next(saved.rglob("meta.json")).read_text())
+    assert meta["context_sources"][0] == "ReasonForTheRequestedProcedure"
+    sr = dcmread(next(out.rglob("*.dcm")))
+    texts = [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
+    assert any("Fever and cough" in text for text in texts)

@@ -18,6 +18,7 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from node.config import Task
+from node.imaging.context import ClinicalContext, clinical_context
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import radiograph_to_image
 from node.imaging.volume import series_to_volume_input
@@ -82,7 +83,12 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         except ImagingError as e:
             errors.append(str(e))
             continue
-        prompt = cxr_report_prompt(radiograph.image, max_new_tokens=job.token_limit)
+        context = clinical_context(ds)
+        prompt = cxr_report_prompt(
+            radiograph.image,
+            context=context.text if context else None,
+            max_new_tokens=job.token_limit,
+        )
         findings = _generate(
             engine,
             prompt,
@@ -94,6 +100,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
                 "window": radiograph.window,
                 "padding": {"top": radiograph.pad_top, "left": radiograph.pad_left},
                 "source_size": [radiograph.source_rows, radiograph.source_columns],
+                **_context_record(context),
             },
         )
         sr = build_findings_sr(
@@ -102,11 +109,13 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
             task=job.task.value,
             model_label=engine.label,
             is_test_model=engine.is_test_model,
+            context_used=context.text if context else None,
         )
         record: dict[str, object] = {
             "image": str(ds.SOPInstanceUID),
             "view": str(ds.get("ViewPosition", "")),
             "notes": notes + errors + list(radiograph.notes),
+            **_context_record(context),
         }
         return TaskOutcome(results=[sr], record=record)
     raise InputError("no radiograph could be turned into a model input: " + "; ".join(errors))
@@ -122,8 +131,15 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
         except ImagingError as e:
             errors.append(str(e))
             continue
+        headers = _readable_headers(paths)
+        context = clinical_context(headers[0]) if headers else None
         modality: Literal["CT", "MR"] = "CT" if job.task is Task.CT_VOLUME else "MR"
-        prompt = volume_prompt(volume.images, modality, max_new_tokens=job.token_limit)
+        prompt = volume_prompt(
+            volume.images,
+            modality,
+            context=context.text if context else None,
+            max_new_tokens=job.token_limit,
+        )
         findings = _generate(
             engine,
             prompt,
@@ -134,15 +150,16 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
                 "slice_indices": volume.slice_indices,
                 "z_positions": volume.z_positions,
                 "notes": volume.notes,
+                **_context_record(context),
             },
         )
-        headers = [dcmread(p, stop_before_pixels=True) for p in paths]
         sr = build_findings_sr(
             headers,
             findings,
             task=job.task.value,
             model_label=engine.label,
             is_test_model=engine.is_test_model,
+            context_used=context.text if context else None,
         )
         record: dict[str, object] = {
             "series": series_uid,
@@ -150,9 +167,27 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             "slice_indices": volume.slice_indices,
             "notes": list(volume.notes) + errors,
             "other_series": [uid for uid, _ in ranked if uid != series_uid],
+            **_context_record(context),
         }
         return TaskOutcome(results=[sr], record=record)
     raise InputError("no series could be assembled into a volume: " + "; ".join(errors))
+
+
+def _readable_headers(paths: list[Path]) -> list[Dataset]:
+    headers: list[Dataset] = []
+    for path in paths:
+        try:
+            headers.append(dcmread(path, stop_before_pixels=True))
+        except (InvalidDicomError, OSError, ValueError):
+            continue  # the imaging step already noted it
+    return headers
+
+
+def _context_record(context: ClinicalContext | None) -> dict[str, object]:
+    """What the job record and meta.json say about the clinical context given to the model."""
+    if context is None:
+        return {"context": None}
+    return {"context": context.text, "context_sources": list(context.sources)}
 
 
 def _generate(

@@ -106,6 +106,8 @@ class Rule(_Strict):
     name: str
     match: Match = Field(default_factory=Match)
     task: Task
+    # Keep what the model saw for this rule's jobs under data_dir/inputs/job-N.
+    save_inputs: bool = False
 
 
 def default_routing() -> list[Rule]:

@@ -22,6 +22,14 @@ def test_result_is_delivered_when_the_pacs_comes_back(
         test_model,
         node={"stable_seconds": 1, "retry_seconds": 1, "max_attempts": 50},
         pacs={"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
+        routing=[
+            {
+                "name": "chest",
+                "match": {"modality": ["CR"]},
+                "task": "cxr-report",
+                "save_inputs": True,
+            }
+        ],
     )
     node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
     index = Index(load_settings(config_path).node.resolved_database_url)
@@ -54,6 +62,11 @@ def test_result_is_delivered_when_the_pacs_comes_back(
         node.stop()
     job = index.jobs()[0]
     assert job.delivered and job.attempts >= 2
+    # the rule asked to keep what the model saw
+    inputs = tmp_path / "node-data" / "inputs" / f"job-{job.id}"
+    assert (inputs / "000.png").exists() and "Describe this X-ray." in (
+        inputs / "prompt.txt"
+    ).read_text()
     log = node.log(tail=None)
     assert "can't ask the PACS how large study" in log  # the count query fell back to the timeout
     assert log.count("answered in") == 1  # the model ran once; retries only redelivered

@@ -73,7 +73,7 @@ class Worker:
         self.engine = engine
         self.id = worker_id(number)
         self.results_root = settings.node.data_dir / "results"
-        self.save_inputs_root: Path | None = None
+        self.inputs_root = settings.node.data_dir / "inputs"
 
     def run(self, stop: StopSignal, idle_wait: float = 0.5) -> None:
         while not stop.is_set():
@@ -138,9 +138,7 @@ class Worker:
             uid: [Path(p) for p in files]
             for uid, files in self.index.instance_paths(job.series_uids).items()
         }
-        save_inputs = None
-        if self.save_inputs_root is not None:
-            save_inputs = self.save_inputs_root / f"job-{job.id}"
+        save_inputs = self.inputs_root / f"job-{job.id}" if job.save_inputs else None
         task_input = TaskInput(
             Task(job.task), series, save_inputs, self.settings.model.max_new_tokens
         )

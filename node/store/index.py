@@ -62,6 +62,7 @@ class PlannedJob:
     task: str
     rule: str
     series_uids: list[str]
+    save_inputs: bool = False
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -284,6 +285,7 @@ class Index:
                         task=job.task,
                         rule=job.rule,
                         series_uids=list(job.series_uids),
+                        save_inputs=job.save_inputs,
                         state=JobState.QUEUED,
                     )
                 )

@@ -90,6 +90,7 @@ class Job(Base):
     task: Mapped[str] = mapped_column(String(32))
     rule: Mapped[str] = mapped_column(String(128))
     series_uids: Mapped[list[str]] = mapped_column(JSON)
+    save_inputs: Mapped[bool] = mapped_column(default=False)
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128))

@@ -66,7 +66,12 @@ def plan_jobs(series: Sequence[SeriesFacts], rules: Sequence[Rule]) -> list[Plan
                 chosen.setdefault(rule.name, []).append(facts.series_uid)
                 break
     return [
-        PlannedJob(task=rule.task.value, rule=rule.name, series_uids=chosen[rule.name])
+        PlannedJob(
+            task=rule.task.value,
+            rule=rule.name,
+            series_uids=chosen[rule.name],
+            save_inputs=rule.save_inputs,
+        )
         for rule in rules
         if rule.name in chosen
     ]

@@ -85,18 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             continue
         by_series[meta.series_uid].append(path)
         study_of[meta.series_uid] = meta.study_uid
-        facts.setdefault(
-            meta.series_uid,
-            SeriesFacts(
-                series_uid=meta.series_uid,
-                modality=meta.modality,
-                body_part=meta.body_part,
-                sop_class_uid=meta.sop_class_uid,
-                image_type=meta.image_type,
-                description=meta.series_description,
-                calling_ae=None,
-            ),
-        )
+        facts.setdefault(meta.series_uid, SeriesFacts.from_instance(meta))
     studies: dict[str, list[SeriesFacts]] = defaultdict(list)
     for uid, series_facts in facts.items():
         studies[study_of[uid]].append(series_facts)

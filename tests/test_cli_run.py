@@ -14,7 +14,7 @@ from tests.dicom_tools import dciodvfy_errors
 from tests.peers import NODE_BIN
 
 
-def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path) -> None:
+def _config(tmp_path: Path, test_model: Path) -> Path:
     config = tmp_path / "node.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -24,27 +24,23 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
             }
         )
     )
+    return config
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(NODE_BIN), "run", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path) -> None:
+    config = _config(tmp_path, test_model)
     inputs = tmp_path / "in"
     cr = make_cr_study(inputs / "cr", patient_id="RUN-CR")
     ct = make_ct_series(inputs / "ct", n_slices=12)
     (inputs / "not-dicom.txt").write_text("hello")
     out, saved = tmp_path / "out", tmp_path / "saved"
-    result = subprocess.run(
-        [
-            str(NODE_BIN),
-            "run",
-            str(inputs),
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--save-inputs",
-            str(saved),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _run(inputs, "--config", config, "--out", out, "--save-inputs", saved)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "not-dicom.txt" in result.stderr  # skipped with a reason, not a crash
     written = sorted(out.rglob("*.dcm"))
@@ -69,36 +65,13 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
 
 
 def test_clinical_context_reaches_prompt_and_sr(tmp_path: Path, test_model: Path) -> None:
-    config = tmp_path / "node.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "node": {"data_dir": str(tmp_path / "data")},
-                "model": {"path": str(test_model), "max_new_tokens": 80},
-            }
-        )
-    )
+    config = _config(tmp_path, test_model)
     cr = make_cr_study(tmp_path / "in", patient_id="CTX-1")
     ds = dcmread(cr)
     ds.ReasonForTheRequestedProcedure = "Fever and cough"
     ds.save_as(cr, enforce_file_format=True)
     out, saved = tmp_path / "out", tmp_path / "saved"
-    result = subprocess.run(
-        [
-            str(NODE_BIN),
-            "run",
-            str(cr),
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--save-inputs",
-            str(saved),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _run(cr, "--config", config, "--out", out, "--save-inputs", saved)
     assert result.returncode == 0, result.stderr[-3000:]
     prompt = next(saved.rglob("prompt.txt")).read_text()
     assert (

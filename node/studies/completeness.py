@@ -16,7 +16,7 @@ from node.dicomweb import qido
 from node.dimse import scu
 from node.store.index import Index
 from node.store.models import Study, utcnow
-from node.studies.routing import SeriesFacts, plan_jobs
+from node.studies.routing import plan_jobs
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,7 @@ class CompletenessWatcher:
             reason = self._complete(study, now)
             if reason is None:
                 continue
-            facts = [
-                SeriesFacts(
-                    series_uid=s.series_uid,
-                    modality=s.modality,
-                    body_part=s.body_part,
-                    sop_class_uid=s.sop_class_uid,
-                    image_type=s.image_type,
-                    description=s.description,
-                    calling_ae=s.calling_ae,
-                )
-                for s in self.index.series_of(study.id)
-            ]
-            planned = plan_jobs(facts, self.settings.routing)
+            planned = plan_jobs(self.index.series_of(study.id), self.settings.routing)
             if self.index.route_study(study.id, planned, seen_last=study.last_received):
                 routed += 1
                 tasks = ", ".join(f"{p.task} ({len(p.series_uids)} series)" for p in planned)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/node.yaml
-DEBS   := orthanc orthanc-dicomweb dcmtk dicom3tools pixelmed-apps postgresql
+DEBS   := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps postgresql
 
 .PHONY: install install-peers run test lint bench clean
 

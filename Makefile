@@ -42,6 +42,7 @@ test: install install-peers lint
 bench: install install-peers
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.ingest_busy
+	$(BIN)/python -m bench.imaging
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -389,12 +389,6 @@ def test_no_usable_slice_raises_naming_the_series() -> None:
         series_to_volume_input([])
 
 
-def test_enhanced_multiframe_is_refused_clearly() -> None:
-    ds = pydicom.dcmread(_testdata("emri_small.dcm"))
-    with pytest.raises(ImagingError, match=f"{ds.SeriesInstanceUID}.*enhanced multi-frame"):
-        series_to_volume_input([ds])
-
-
 def test_non_volume_modality_is_refused() -> None:
     ds = _ct_slice(np.zeros((4, 4)))
     ds.Modality = "PT"

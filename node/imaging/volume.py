@@ -3,16 +3,21 @@
 The path, and why each step is there:
 
 1. Read headers only (paths) so a 600-slice series costs a few MB, not its pixels.
-2. Drop what is not part of the axial stack: unreadable files, localizers, slices
-   without geometry, and every slice outside the largest group that shares
-   series, modality, matrix size and orientation. Each drop becomes a note.
-3. Sort on the position along the slice normal, ``IPP · (row × col)``. The
-   notebook sorts by InstanceNumber and the container by IPP[0]; both are wrong
-   for some series (InstanceNumber restarts, sagittal-ish stacks).
-4. Remove duplicate positions, preferring ORIGINAL over DERIVED; note gaps and
-   irregular spacing (kept, because resampling would invent slices).
-5. Sample with the notebook's exact index formula and decode only those slices.
-6. CT: HU through three fixed windows into R, G, B (a 2049-entry lookup table
+   Enhanced multi-frame objects contribute one frame per slice, each with the
+   geometry and rescale of its functional groups (:mod:`node.imaging.multiframe`).
+2. Drop what is not part of the stack and sort on the position along the slice
+   normal, ``IPP · (row × col)`` (:mod:`node.imaging.stack`). The notebook sorts
+   by InstanceNumber and the container by IPP[0]; both are wrong for some
+   series. Every drop, gap and irregular step is noted with its values and
+   counted in ``VolumeInput.geometry``.
+3. The model saw axial slices. A sagittal, coronal, oblique or sheared (tilted
+   gantry) stack is sent in its own plane with a note saying so, or, with
+   ``resample_axial=True``, resampled onto an axial grid with SimpleITK
+   (:mod:`node.imaging.resample`). Gaps are never filled: resampling would
+   invent slices.
+4. Sample with the notebook's exact index formula and decode only those slices
+   (all of them only when resampling).
+5. CT: HU through three fixed windows into R, G, B (a 2049-entry lookup table
    built with the notebook's own float32 arithmetic). MR: one min–max over the
    sampled volume, grey in R = G = B.
 """
@@ -20,21 +25,34 @@ The path, and why each step is there:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
+import SimpleITK as sitk
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, pixel_array
+from pydicom.pixels import apply_modality_lut
 
 from node.imaging.errors import ImagingError
+from node.imaging.pixels import decode_frames
 from node.imaging.radiograph import pixel_padding_mask
+from node.imaging.resample import AxialGrid, AxialResampler, axial_grid, stack_to_sitk
+from node.imaging.stack import SHEAR_TOLERANCE_DEG, SUPPORTED_MODALITIES, assemble_stack
+from node.imaging.stack_types import Frame, Plane, Stack
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CT_WINDOWS",
+    "MAX_SLICES",
+    "SUPPORTED_MODALITIES",
+    "VolumeInput",
+    "sample_indices",
+    "series_to_sitk",
+    "series_to_volume_input",
+]
 
 MAX_SLICES = 85
 """MedGemma 1.5's slice budget: 85 × 256 = 21,760 image tokens."""
@@ -46,43 +64,28 @@ CT_WINDOWS: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = (
 )
 """HU clip ranges per channel, from the 1.5 CT notebook and technical report."""
 
-SUPPORTED_MODALITIES = frozenset({"CT", "MR"})
+AIR_HU = CT_WINDOWS[0][0]
+"""Padding and everything outside a resampled CT: black in all three windows."""
+MR_BACKGROUND = 0.0
+"""Everything outside a resampled MR."""
 
-# Orientation cosines of one acquisition differ by float noise (~1e-6); a
-# genuinely different plane differs by ≫ 0.01. 1e-3 separates the two.
-ORIENTATION_TOLERANCE = 1e-3
-# Two slices closer than this along the normal are the same position (mm).
-DUPLICATE_TOLERANCE_MM = 0.01
-# Spacing deviating from the median by more than max(abs, rel × median) is irregular.
-SPACING_ABS_TOLERANCE_MM = 0.01
-SPACING_REL_TOLERANCE = 0.01
-# A step this many times the median spacing is reported as a gap (missing slices).
-GAP_FACTOR = 1.5
-# Header-only reads: elements larger than this stay on disk (pixel data above all).
-_DEFER_SIZE = 1024
-_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-# Notes list at most this many UIDs per reason, so a 300-slice drop stays readable.
-_MAX_UIDS_IN_NOTE = 3
+Sources = Sequence[Dataset] | Sequence[Path] | Sequence[str]
 
 
 @dataclass(frozen=True)
 class VolumeInput:
     """The model input for one CT or MR series, plus how it was derived."""
 
-    images: list[Image.Image]  # ≤ max_slices RGB 8-bit slices, in order along +normal
-    slice_indices: list[int]  # indices into the sorted, de-duplicated stack
-    z_positions: list[float]  # position along the normal of each sampled slice (mm)
+    images: list[Image.Image]  # ≤ max_slices RGB 8-bit slices, in order along +normal / +z
+    slice_indices: list[int]  # indices into the sorted, de-duplicated (or resampled) stack
+    z_positions: list[float]  # along the normal (as acquired) or patient z (resampled), mm
     series_uid: str
     modality: str  # "CT" or "MR"
-    notes: list[str]  # what was dropped or found irregular, and why
-
-
-@dataclass(frozen=True)
-class _Slice:
-    source: Dataset | Path
-    header: Dataset
-    label: str  # SOPInstanceUID, or the file name when there is none
-    position: float  # along the normal (mm)
+    notes: list[str]  # what was dropped, irregular, or not as the model saw in training
+    plane: str = "axial"  # plane of the images sent: axial/sagittal/coronal/oblique/unknown
+    resampled: bool = False  # True when resampled onto an axial grid
+    # JSON-serialisable: spacing, slice counts, gaps, irregular, plane, dropped counts by reason.
+    geometry: dict[str, object] = field(default_factory=dict)
 
 
 def sample_indices(n: int, max_slices: int = MAX_SLICES) -> list[int]:
@@ -102,327 +105,255 @@ def sample_indices(n: int, max_slices: int = MAX_SLICES) -> list[int]:
 
 
 def series_to_volume_input(
-    datasets: Sequence[Dataset] | Sequence[Path] | Sequence[str],
+    datasets: Sources,
     *,
     max_slices: int = MAX_SLICES,
+    resample_axial: bool = False,
 ) -> VolumeInput:
     """Turn one CT or MR series into ≤ ``max_slices`` RGB slices for MedGemma 1.5.
 
     Parameters
     ----------
     datasets
-        The series' instances, as datasets or file paths, in any order. Paths are
+        The series' instances, as datasets or file paths, in any order: classic
+        slices, enhanced multi-frame objects (one or several), or both. Paths are
         preferred: only headers are read up front and only sampled slices are
         decoded.
     max_slices
         The slice budget (85 in the notebook and the report).
+    resample_axial
+        Resample a sagittal, coronal, oblique or sheared (tilted gantry) stack
+        onto an axial grid (SimpleITK, linear, air / 0 outside). Off: such a
+        stack is sent in its own plane with a note. Axial stacks are never
+        resampled, and neither are stacks with gaps or irregular spacing (a
+        note says why).
 
     Raises
     ------
     ImagingError
-        No usable slice, a modality other than CT/MR, enhanced multi-frame
-        objects, or a sampled slice whose pixel data can't be decoded. The
-        message names the SeriesInstanceUID.
+        No usable slice, a modality other than CT/MR, or a sampled slice whose
+        pixel data can't be decoded. The message names the SeriesInstanceUID.
 
     Notes
     -----
-    Unreadable files are *dropped with a note* (a stray non-DICOM file in a
+    Unreadable files, instances without pixel data or with a colour
+    PhotometricInterpretation are *dropped with a note* (a stray file in a
     spool folder shouldn't sink a 300-slice series); a sampled slice that reads
     but can't be decoded *raises*, because silently sampling around it would
     change the geometry the model sees.
     """
     if max_slices < 1:
         raise ValueError(f"max_slices must be ≥ 1, got {max_slices}")
-    notes: list[str] = []
-    headers = _read_headers(datasets, notes)
-    series_uid = _majority_series_uid(headers)
-    if not headers:
-        raise ImagingError(f"series {series_uid}: no readable DICOM instance")
+    stack = assemble_stack(datasets)
+    notes = stack.notes
+    geometry = stack.geometry()
+    non_axial = stack.geometry_known and (
+        stack.plane is not Plane.AXIAL or stack.shear_deg > SHEAR_TOLERANCE_DEG
+    )
 
-    _reject_multiframe(headers, series_uid)
-    headers = _drop_localizers(headers, notes)
-    stack = _largest_consistent_stack(headers, notes, series_uid)
-    series_uid = str(stack[0].header.get("SeriesInstanceUID", series_uid))
-    modality = str(stack[0].header.get("Modality", "")).upper()
-    if modality not in SUPPORTED_MODALITIES:
-        raise ImagingError(
-            f"series {series_uid}: modality {modality or '<none>'!r} is not a volume "
-            f"modality (supported: {', '.join(sorted(SUPPORTED_MODALITIES))})"
+    grid: AxialGrid | None = None
+    if non_axial and resample_axial:
+        refusal = _why_not_resample(stack)
+        if refusal is None:
+            images, indices, z_positions, grid = _resampled_images(stack, max_slices, notes)
+            notes.append(
+                f"resampled from the acquisition plane ({_plane_text(stack)}) to axial with "
+                f"SimpleITK (linear; {grid.spacing[0]:.2f} mm pixels, slices "
+                f"{grid.spacing[2]:.2f} mm apart, {grid.size[2]} axial slices; "
+                f"{_background(stack):g} outside the source)"
+            )
+            geometry["resampled_grid"] = {
+                "origin_mm": [round(v, 4) for v in grid.origin],
+                "spacing_mm": [round(v, 4) for v in grid.spacing],
+                "size": list(grid.size),
+            }
+        else:
+            notes.append(f"not resampled to axial: {refusal}")
+    if grid is None:
+        indices = sample_indices(len(stack.frames), max_slices)
+        sampled = [stack.frames[i] for i in indices]
+        images = _acquired_images(stack, sampled, notes)
+        z_positions = [f.position for f in sampled]
+        if non_axial:
+            notes.append(
+                f"sent in the acquisition plane ({_plane_text(stack)}); model was trained on axial"
+            )
+    if len(stack.frames) > len(indices):
+        logger.info(
+            "series %s: sampled %d of %d slices", stack.series_uid, len(indices), len(stack.frames)
         )
 
-    stack.sort(key=lambda s: (s.position, s.label))
-    stack = _drop_duplicate_positions(stack, notes)
-    _note_spacing(stack, notes)
-
-    indices = sample_indices(len(stack), max_slices)
-    sampled = [stack[i] for i in indices]
-    if len(stack) > len(indices):
-        logger.info("series %s: sampled %d of %d slices", series_uid, len(indices), len(stack))
-
-    if modality == "CT":
-        images = [Image.fromarray(_ct_rgb(_ct_hu(s, series_uid))) for s in sampled]
-    else:
-        images = _mr_images(sampled, series_uid, notes)
-
+    plane = Plane.AXIAL if grid is not None else stack.plane
+    geometry.update(
+        plane=plane.value,
+        acquisition_plane=stack.plane.value,
+        resampled=grid is not None,
+        n_slices_sent=len(images),
+    )
     for note in notes:
-        logger.info("series %s: %s", series_uid, note)
+        logger.info("series %s: %s", stack.series_uid, note)
     return VolumeInput(
         images=images,
         slice_indices=indices,
-        z_positions=[s.position for s in sampled],
-        series_uid=series_uid,
-        modality=modality,
+        z_positions=[float(z) for z in z_positions],
+        series_uid=stack.series_uid,
+        modality=stack.modality,
         notes=notes,
+        plane=plane.value,
+        resampled=grid is not None,
+        geometry=geometry,
     )
 
 
-# --- reading and selecting -------------------------------------------------
+def series_to_sitk(
+    datasets: Sources, *, allow_irregular: bool = False, mask_padding: bool = False
+) -> sitk.Image:
+    """The whole sorted stack as a SimpleITK image in patient (LPS) space.
 
+    Origin: the first slice's ImagePositionPatient; spacing: (PixelSpacing[1],
+    PixelSpacing[0], median step along the normal); direction columns: row
+    cosine, column cosine, slice normal — what ``sitk.ImageSeriesReader`` builds
+    for a regular series. Values are the Modality LUT's (HU for CT): int16 when
+    the rescale is integral and the values fit, else int32 or float32.
+    A sheared (tilted-gantry) stack gets a non-orthonormal direction whose third
+    column is the direction the slices advance in, so every voxel sits where
+    the scanner put it (resample it before tools that need orthonormal axes).
 
-def _read_headers(
-    sources: Sequence[Dataset] | Sequence[Path] | Sequence[str], notes: list[str]
-) -> list[tuple[Dataset | Path, Dataset]]:
-    """(source, header) for every readable instance; unreadable files become a note."""
-    out: list[tuple[Dataset | Path, Dataset]] = []
-    unreadable: list[str] = []
-    for item in sources:
-        if isinstance(item, Dataset):
-            out.append((item, item))
-            continue
-        path = Path(item)
-        try:
-            # defer_size keeps pixel data on disk: the header read is ~1 ms and
-            # the element still exists, so "has pixel data" can be checked.
-            header = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
-        except Exception as exc:  # InvalidDicomError, OSError, EOF in a header
-            unreadable.append(path.name)
-            logger.warning("skipping %s: not readable as DICOM (%s)", path.name, exc)
-            continue
-        out.append((path, header))
-    if unreadable:
-        notes.append(f"dropped {len(unreadable)} unreadable file(s): {_short_list(unreadable)}")
-    return out
+    Parameters
+    ----------
+    allow_irregular
+        Gaps or irregular spacing can't be represented by one step; by default
+        they raise. True places the slices on the median step anyway.
+    mask_padding
+        Set Pixel Padding to −1024 HU (CT) / 0 (MR) instead of its rescaled value.
 
-
-def _majority_series_uid(headers: list[tuple[Dataset | Path, Dataset]]) -> str:
-    """The series to name in errors raised before a stack is chosen."""
-    counts: dict[str, int] = {}
-    for _, header in headers:
-        uid = str(header.get("SeriesInstanceUID", ""))
-        counts[uid] = counts.get(uid, 0) + 1
-    if not counts:
-        return "<unknown series>"
-    return max(counts, key=lambda uid: counts[uid]) or "<no SeriesInstanceUID>"
-
-
-def _reject_multiframe(headers: list[tuple[Dataset | Path, Dataset]], series_uid: str) -> None:
-    for _, header in headers:
-        frames = int(header.get("NumberOfFrames", 1) or 1)
-        if frames > 1 or "PerFrameFunctionalGroupsSequence" in header:
-            uid = header.get("SeriesInstanceUID", series_uid)
-            raise ImagingError(
-                f"series {uid}: enhanced multi-frame not supported yet "
-                f"(SOP instance {header.get('SOPInstanceUID', '?')}, {frames} frames)"
-            )
-
-
-def _drop_localizers(
-    headers: list[tuple[Dataset | Path, Dataset]], notes: list[str]
-) -> list[tuple[Dataset | Path, Dataset]]:
-    kept, dropped = [], []
-    for source, header in headers:
-        image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
-        if "LOCALIZER" in image_type:
-            dropped.append(_label(source, header))
-        else:
-            kept.append((source, header))
-    if dropped:
-        notes.append(f"dropped {len(dropped)} localizer(s): {_short_list(dropped)}")
-    return kept
-
-
-def _largest_consistent_stack(
-    headers: list[tuple[Dataset | Path, Dataset]], notes: list[str], series_uid: str
-) -> list[_Slice]:
-    """Group by (series, modality, matrix, orientation) and keep the largest group."""
-    groups: list[tuple[tuple[str, str, int, int], np.ndarray, list[_Slice]]] = []
-    no_geometry: list[str] = []
-    no_pixels: list[str] = []
-    for source, header in headers:
-        label = _label(source, header)
-        if not any(keyword in header for keyword in _PIXEL_DATA_KEYWORDS):
-            no_pixels.append(label)
-            continue
-        geometry = _geometry(header)
-        if geometry is None:
-            no_geometry.append(label)
-            continue
-        orientation, normal = geometry
-        position = float(np.dot(np.asarray(header.ImagePositionPatient, dtype=float), normal))
-        key = (
-            str(header.get("SeriesInstanceUID", "")),
-            str(header.get("Modality", "")).upper(),
-            int(header.get("Rows", 0)),
-            int(header.get("Columns", 0)),
-        )
-        item = _Slice(source=source, header=header, label=label, position=position)
-        for group_key, group_orientation, members in groups:
-            if group_key == key and _same_orientation(group_orientation, orientation):
-                members.append(item)
-                break
-        else:
-            groups.append((key, orientation, [item]))
-
-    if no_pixels:
-        notes.append(
-            f"dropped {len(no_pixels)} instance(s) without pixel data: {_short_list(no_pixels)}"
-        )
-    if no_geometry:
-        notes.append(
-            f"dropped {len(no_geometry)} slice(s) without a usable ImagePositionPatient/"
-            f"ImageOrientationPatient: {_short_list(no_geometry)}"
-        )
-    if not groups:
-        raise ImagingError(f"series {series_uid}: no usable slice (need pixel data and geometry)")
-
-    # Largest group wins; ties go to the first seen, which keeps the choice stable.
-    best = max(range(len(groups)), key=lambda i: len(groups[i][2]))
-    best_key, best_orientation, stack = groups[best]
-    for i, (key, orientation, members) in enumerate(groups):
-        if i == best:
-            continue
-        reasons = []
-        if key[0] != best_key[0]:
-            reasons.append(f"series {key[0]}")
-        if key[1] != best_key[1]:
-            reasons.append(f"modality {key[1] or '<none>'}")
-        if key[2:] != best_key[2:]:
-            reasons.append(f"matrix {key[2]}x{key[3]} vs {best_key[2]}x{best_key[3]}")
-        if not _same_orientation(orientation, best_orientation):
-            reasons.append(
-                f"orientation {_fmt_vector(orientation)} vs {_fmt_vector(best_orientation)}"
-            )
-        notes.append(
-            f"dropped {len(members)} slice(s) outside the main stack ({'; '.join(reasons)}): "
-            f"{_short_list([m.label for m in members])}"
-        )
-    return list(stack)
-
-
-def _geometry(header: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
-    """(orientation cosines as 6 floats, unit slice normal) or None if unusable."""
-    iop = header.get("ImageOrientationPatient")
-    ipp = header.get("ImagePositionPatient")
-    if iop is None or ipp is None or len(iop) != 6 or len(ipp) != 3:
-        return None
-    orientation = np.asarray([float(v) for v in iop], dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    length = float(np.linalg.norm(normal))
-    if not math.isfinite(length) or length < 0.5:  # degenerate or non-orthogonal cosines
-        return None
-    return orientation, normal / length
-
-
-def _same_orientation(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(np.max(np.abs(a - b)) <= ORIENTATION_TOLERANCE)
-
-
-def _drop_duplicate_positions(stack: list[_Slice], notes: list[str]) -> list[_Slice]:
-    """One slice per position (stack must be sorted); ORIGINAL beats DERIVED.
-
-    Among equals the lower InstanceNumber, then the smaller UID, wins, so the
-    choice doesn't depend on file order.
+    Raises
+    ------
+    ImagingError
+        As :func:`series_to_volume_input`; also for gaps or irregular spacing
+        (unless allowed), frames without geometry, or no PixelSpacing.
     """
-    kept: list[_Slice] = []
-    dropped: list[str] = []
-    run: list[_Slice] = []
-    for item in [*stack, None]:
-        if run and (item is None or item.position - run[0].position > DUPLICATE_TOLERANCE_MM):
-            run.sort(key=_duplicate_preference)
-            kept.append(run[0])
-            dropped.extend(f"{d.label} (z={d.position:.2f})" for d in run[1:])
-            run = []
-        if item is not None:
-            run.append(item)
-    if dropped:
-        notes.append(
-            f"dropped {len(dropped)} duplicate-position slice(s), ORIGINAL preferred: "
-            f"{_short_list(dropped)}"
-        )
-    return kept
-
-
-def _duplicate_preference(item: _Slice) -> tuple[int, int, str]:
-    image_type = [str(v).upper() for v in (item.header.get("ImageType") or [])]
-    derived = 0 if image_type[:1] == ["ORIGINAL"] else 1
-    instance = item.header.get("InstanceNumber")
-    number = int(instance) if instance is not None and str(instance).strip() != "" else 1 << 30
-    return derived, number, item.label
-
-
-def _note_spacing(stack: list[_Slice], notes: list[str]) -> None:
-    """Note gaps and irregular spacing with the values; the slices are kept."""
-    if len(stack) < 3:
-        return
-    positions = np.array([s.position for s in stack])
-    steps = np.diff(positions)
-    median = float(np.median(steps))
-    tolerance = max(SPACING_ABS_TOLERANCE_MM, SPACING_REL_TOLERANCE * median)
-    gaps = [
-        (float(positions[i]), float(positions[i + 1]), float(steps[i]))
-        for i in np.flatnonzero(steps > GAP_FACTOR * median)
-    ]
-    if gaps:
-        shown = ", ".join(
-            f"{step:.2f} mm between z={a:.2f} and z={b:.2f}" for a, b, step in gaps[:3]
-        )
-        more = f" (+{len(gaps) - 3} more)" if len(gaps) > 3 else ""
-        notes.append(
-            f"{len(gaps)} gap(s) in the stack (median spacing {median:.2f} mm): {shown}{more}"
-        )
-    elif float(np.max(np.abs(steps - median))) > tolerance:
-        notes.append(
-            f"irregular slice spacing: {float(steps.min()):.3f}–{float(steps.max()):.3f} mm "
-            f"(median {median:.3f} mm)"
-        )
-
-
-# --- pixels ----------------------------------------------------------------
-
-
-def _decode(item: _Slice, series_uid: str) -> np.ndarray:
-    """Stored values of one slice; read from disk for paths, never cached on a dataset."""
-    try:
-        return pixel_array(item.source)
-    except Exception as exc:  # decoder errors come in many types; all mean "unusable"
+    stack = assemble_stack(datasets)
+    if not stack.geometry_known:
+        raise ImagingError(f"series {stack.series_uid}: frames have no geometry to place them")
+    if not stack.regular and not allow_irregular:
         raise ImagingError(
-            f"series {series_uid}: pixel data of SOP instance {item.label} can't be decoded: {exc}"
-        ) from exc
+            f"series {stack.series_uid}: slices are not evenly spaced, one step can't place them "
+            f"({'; '.join(n for n in stack.notes if 'gap' in n or 'irregular' in n)})"
+        )
+    volume = _stack_volume(stack, fill_padding=_background(stack) if mask_padding else None)
+    return stack_to_sitk(stack, volume)
 
 
-def _ct_hu(item: _Slice, series_uid: str) -> np.ndarray:
-    """HU of one slice as int32 when the rescale is integral (the LUT path), else float32.
+# --- as acquired -------------------------------------------------------------------
 
-    Padding pixels become −1024 HU, black in all three windows.
-    """
-    raw = _decode(item, series_uid)
-    header = item.header
-    padding = pixel_padding_mask(raw, header)
-    slope = float(header.get("RescaleSlope", 1) or 1)
-    intercept = float(header.get("RescaleIntercept", 0) or 0)
-    hu: np.ndarray
-    if (
-        "ModalityLUTSequence" not in header
-        and raw.dtype.kind in "iu"
-        and slope.is_integer()
-        and intercept.is_integer()
-    ):
-        hu = raw.astype(np.int32) * int(slope) + int(intercept)
+
+def _acquired_images(stack: Stack, sampled: list[Frame], notes: list[str]) -> list[Image.Image]:
+    decoded = decode_frames(sampled, stack.series_uid)
+    if stack.modality == "CT":
+        images = []
+        for frame, raw in zip(sampled, decoded, strict=True):
+            hu, padding = _values(frame, raw)
+            if padding is not None:
+                hu[padding] = AIR_HU
+            images.append(Image.fromarray(_ct_rgb(hu)))
+        return images
+    rows, columns = stack.frames[0].key[2], stack.frames[0].key[3]
+    # One float32 block filled slice by slice: no list of per-slice arrays alive.
+    volume = np.empty((len(sampled), rows, columns), dtype=np.float32)
+    for k, (frame, raw) in enumerate(zip(sampled, decoded, strict=True)):
+        values, padding = _values(frame, raw)
+        volume[k] = values
+        if padding is not None:
+            volume[k][padding] = np.nan
+    return _grey_images(volume, notes)
+
+
+# --- resampled ----------------------------------------------------------------------
+
+
+def _why_not_resample(stack: Stack) -> str | None:
+    if len(stack.frames) < 2:
+        return "a single slice has no extent along its normal"
+    if stack.pixel_spacing is None:
+        return "no PixelSpacing, so the slices can't be placed in mm"
+    if stack.gaps:
+        return f"the stack has {len(stack.gaps)} gap(s); resampling would invent slices"
+    if stack.irregular:
+        return "irregular slice spacing can't be placed on one grid"
+    return None
+
+
+def _resampled_images(
+    stack: Stack, max_slices: int, notes: list[str]
+) -> tuple[list[Image.Image], list[int], list[float], AxialGrid]:
+    background = _background(stack)
+    image = stack_to_sitk(stack, _stack_volume(stack, fill_padding=background))
+    grid = axial_grid(image)
+    indices = sample_indices(grid.size[2], max_slices)
+    resampler = AxialResampler(image, grid, default_value=background)
+    if stack.modality == "CT":
+        images = [Image.fromarray(_ct_rgb(resampler.slice(k))) for k in indices]
     else:
-        hu = np.asarray(apply_modality_lut(raw, header), dtype=np.float32)
-    if padding is not None:
-        hu[padding] = CT_WINDOWS[0][0]
-    return hu
+        block = np.empty((len(indices), grid.size[1], grid.size[0]), dtype=np.float32)
+        for n, k in enumerate(indices):
+            block[n] = resampler.slice(k)
+        images = _grey_images(block, notes)
+    return images, indices, [grid.z(k) for k in indices], grid
+
+
+def _stack_volume(stack: Stack, *, fill_padding: float | None) -> np.ndarray:
+    """Every frame's modality values in one ``(slices, rows, columns)`` block.
+
+    int16 while the rescale is integral and values fit (a 1000-slice 512² CT is
+    500 MiB), widened to int32 or float32 only when a slice needs it.
+    """
+    frames = stack.frames
+    rows, columns = frames[0].key[2], frames[0].key[3]
+    volume = np.empty((len(frames), rows, columns), dtype=np.int16)
+    decoded = decode_frames(frames, stack.series_uid)
+    for k, (frame, raw) in enumerate(zip(frames, decoded, strict=True)):
+        values, padding = _values(frame, raw)
+        if padding is not None and fill_padding is not None:
+            values[padding] = fill_padding
+        if values.dtype.kind == "f" and volume.dtype.kind != "f":
+            volume = volume.astype(np.float32)
+        elif (
+            volume.dtype == np.int16
+            and values.size
+            and (
+                int(values.min()) < np.iinfo(np.int16).min
+                or int(values.max()) > np.iinfo(np.int16).max
+            )
+        ):
+            volume = volume.astype(np.int32)
+        volume[k] = values
+    return volume
+
+
+# --- values and windows --------------------------------------------------------------
+
+
+def _values(frame: Frame, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(modality values, padding mask) of one frame.
+
+    int32 when the rescale is integral (the LUT path), else float32. Single-frame
+    Modality LUT sequences go through pydicom.
+    """
+    padding = pixel_padding_mask(raw, frame.header)
+    slope, intercept = frame.slope, frame.intercept
+    values: np.ndarray
+    if frame.frame_index is None and "ModalityLUTSequence" in frame.header:
+        values = np.asarray(apply_modality_lut(raw, frame.header), dtype=np.float32)
+    elif raw.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer():
+        values = raw.astype(np.int32)
+        if slope != 1:
+            values *= int(slope)
+        if intercept != 0:
+            values += int(intercept)
+    else:
+        values = (raw.astype(np.float64) * slope + intercept).astype(np.float32)
+    return values, padding
 
 
 def _notebook_norm(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -461,17 +392,8 @@ def _ct_rgb(hu: np.ndarray) -> np.ndarray:
     return np.stack([_notebook_norm(hu, lo, hi) for lo, hi in CT_WINDOWS], axis=-1)
 
 
-def _mr_images(sampled: list[_Slice], series_uid: str, notes: list[str]) -> list[Image.Image]:
-    """One min–max over the whole sampled volume (padding excluded), grey in R = G = B."""
-    rows, columns = int(sampled[0].header.Rows), int(sampled[0].header.Columns)
-    # One float32 block filled slice by slice: no list of per-slice arrays alive.
-    volume = np.empty((len(sampled), rows, columns), dtype=np.float32)
-    for k, item in enumerate(sampled):
-        raw = _decode(item, series_uid)
-        padding = pixel_padding_mask(raw, item.header)
-        volume[k] = apply_modality_lut(raw, item.header)
-        if padding is not None:
-            volume[k][padding] = np.nan
+def _grey_images(volume: np.ndarray, notes: list[str]) -> list[Image.Image]:
+    """One min–max over the whole float32 block (NaN = padding, excluded), R = G = B."""
     if np.isnan(volume).all():
         low = high = 0.0
     else:
@@ -485,26 +407,20 @@ def _mr_images(sampled: list[_Slice], series_uid: str, notes: list[str]) -> list
         volume *= np.float32(255.0)
         np.nan_to_num(volume, copy=False, nan=0.0)
         grey = volume.astype(np.uint8)
-    del volume
     return [Image.fromarray(np.repeat(g[..., np.newaxis], 3, axis=-1)) for g in grey]
 
 
-# --- small helpers -------------------------------------------------------------
+# --- small helpers -------------------------------------------------------------------
 
 
-def _label(source: Dataset | Path, header: Dataset) -> str:
-    uid = header.get("SOPInstanceUID")
-    if uid:
-        return str(uid)
-    return source.name if isinstance(source, Path) else "<no SOPInstanceUID>"
+def _background(stack: Stack) -> float:
+    return float(AIR_HU) if stack.modality == "CT" else MR_BACKGROUND
 
 
-def _short_list(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_UIDS_IN_NOTE])
-    return shown + (
-        f" (+{len(items) - _MAX_UIDS_IN_NOTE} more)" if len(items) > _MAX_UIDS_IN_NOTE else ""
-    )
-
-
-def _fmt_vector(values: np.ndarray) -> str:
-    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
+def _plane_text(stack: Stack) -> str:
+    text = stack.plane.value
+    if stack.plane is Plane.OBLIQUE:
+        text += f", {stack.obliquity_deg:.1f}° from {stack.nearest_plane.value}"
+    if stack.shear_deg > SHEAR_TOLERANCE_DEG:
+        text += f", sheared {stack.shear_deg:.1f}° by gantry tilt"
+    return text

@@ -81,6 +81,14 @@ class PacsSettings(_Strict):
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+class ImagingSettings(_Strict):
+    # MedGemma 1.5's slice budget: 85 × 256 image tokens.
+    max_slices: int = Field(default=85, ge=1, le=85)
+    # Sagittal/coronal/tilted stacks: resample to axial (what the model was trained on)
+    # or send them in their own plane, saying so in the job record.
+    resample_axial: bool = False
+
+
 class Match(_Strict):
     """All given fields must match; list fields match any of their values (case-insensitive)."""
 
@@ -127,6 +135,7 @@ class Settings(_Strict):
     node: NodeSettings = Field(default_factory=NodeSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     pacs: PacsSettings | None = None
+    imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     outputs: list[Output] = Field(default_factory=lambda: [Output.SR])
     routing: list[Rule] = Field(default_factory=default_routing)
 

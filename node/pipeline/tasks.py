@@ -17,7 +17,7 @@ from typing import Literal
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from node.config import Task
+from node.config import ImagingSettings, Task
 from node.imaging.context import ClinicalContext, clinical_context
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import radiograph_to_image
@@ -45,6 +45,7 @@ class TaskInput:
     series: dict[str, list[Path]]  # SeriesInstanceUID -> instance files
     save_inputs: Path | None = None
     max_new_tokens: int | None = None  # None: the task's official default
+    imaging: ImagingSettings = field(default_factory=ImagingSettings)
 
     @property
     def token_limit(self) -> int:
@@ -127,7 +128,11 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
     errors: list[str] = []
     for series_uid, paths in ranked:
         try:
-            volume = series_to_volume_input(paths)
+            volume = series_to_volume_input(
+                paths,
+                max_slices=job.imaging.max_slices,
+                resample_axial=job.imaging.resample_axial,
+            )
         except ImagingError as e:
             errors.append(str(e))
             continue
@@ -149,6 +154,9 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
                 "series_instance_uid": series_uid,
                 "slice_indices": volume.slice_indices,
                 "z_positions": volume.z_positions,
+                "plane": volume.plane,
+                "resampled": volume.resampled,
+                "geometry": volume.geometry,
                 "notes": volume.notes,
                 **_context_record(context),
             },
@@ -165,6 +173,9 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             "series": series_uid,
             "slices_sent": len(volume.images),
             "slice_indices": volume.slice_indices,
+            "plane": volume.plane,
+            "resampled": volume.resampled,
+            "geometry": volume.geometry,
             "notes": list(volume.notes) + errors,
             "other_series": [uid for uid, _ in ranked if uid != series_uid],
             **_context_record(context),

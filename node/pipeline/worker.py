@@ -140,7 +140,11 @@ class Worker:
         }
         save_inputs = self.inputs_root / f"job-{job.id}" if job.save_inputs else None
         task_input = TaskInput(
-            Task(job.task), series, save_inputs, self.settings.model.max_new_tokens
+            Task(job.task),
+            series,
+            save_inputs,
+            self.settings.model.max_new_tokens,
+            self.settings.imaging,
         )
         outcome = run_task(task_input, self.engine)
         paths = save_results(outcome.results, self.results_root / f"job-{job.id}")

@@ -1,6 +1,6 @@
 """Inference: the test checkpoint through the real Gemma 3 loading and generation code.
 
-The tiny model is built once per session (~10 s on 2 cores); a second build, by the
+The tiny model is built once per session (~10-20 s on 2 cores); a second build, by the
 data-directory fallback, doubles as the check that builds are deterministic.
 """
 
@@ -25,8 +25,11 @@ from node.inference import engine as engine_module
 from node.inference import prompts
 from node.inference.answers import (
     AnswerError,
+    LabResult,
     final_answer,
     parse_boxes,
+    parse_lab_results,
+    parse_wsi_description,
     report_sections,
     strip_thinking,
     yes_no,
@@ -41,7 +44,9 @@ from node.inference.engine import (
 )
 from node.inference.request import TEST_MODEL_LABEL, Prompt
 from node.inference.test_model import (
+    ANSWERS,
     IMAGE_SIZE,
+    LAB_ANSWER,
     LOCALIZE_ANSWER,
     LOCALIZE_BOX,
     LOCALIZE_LABEL,
@@ -49,6 +54,7 @@ from node.inference.test_model import (
     REPORT_ANSWER,
     TOKENS_PER_IMAGE,
     VOLUME_ANSWER,
+    WSI_ANSWER,
     build_test_model,
     is_test_model,
 )
@@ -94,6 +100,7 @@ def test_checkpoint_is_gemma3_with_medgemma_image_processing(test_model_dir: Pat
     assert is_test_model(test_model_dir)
     marker = json.loads((test_model_dir / MARKER_NAME).read_text())
     assert "Not MedGemma" in marker["warning"]
+    assert marker["answers"] == ANSWERS
     config = json.loads((test_model_dir / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForConditionalGeneration"]
     assert config["mm_tokens_per_image"] == TOKENS_PER_IMAGE
@@ -147,6 +154,31 @@ def test_localize_prompt_gives_the_fixed_boxes(engine: TransformersEngine) -> No
     assert final_answer(answer) == LOCALIZE_LABEL
 
 
+@pytest.mark.parametrize(
+    ("patches", "tissue", "procedure"),
+    [(1, "breast", "core needle biopsy"), (7, None, "excision"), (20, "colon", None)],
+)
+def test_wsi_prompt_gives_the_fixed_description(
+    engine: TransformersEngine, patches: int, tissue: str | None, procedure: str | None
+) -> None:
+    slide = [
+        _noise(seed, (256, 256), "RGB") if seed % 3 else _gradient() for seed in range(patches)
+    ]
+    answer = engine.generate(prompts.wsi_prompt(slide, tissue=tissue, procedure=procedure))
+    assert answer == WSI_ANSWER
+    assert parse_wsi_description(answer) == WSI_ANSWER
+
+
+@pytest.mark.parametrize("pages", [1, 3, 8])
+def test_lab_report_prompt_gives_the_fixed_tests(engine: TransformersEngine, pages: int) -> None:
+    document = [
+        _noise(seed, (600, 800)) if seed % 2 else _gradient(600, 800) for seed in range(pages)
+    ]
+    answer = engine.generate(prompts.lab_report_prompt(document))
+    assert answer == LAB_ANSWER
+    assert [result.name for result in parse_lab_results(answer)] == ["Hemoglobin"]
+
+
 def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> None:
     slices = [_noise(seed, (128, 128)) for seed in range(3)]
     prompt = prompts.volume_prompt(slices, "CT", question="Is the liver normal?")
@@ -173,6 +205,50 @@ def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> No
     assert text.startswith("<bos><start_of_turn>user\n" + expected_instruction)
     assert text.index("SLICE 1") < text.index("SLICE 2") < text.index("SLICE 3")
     assert text.endswith("Is the liver normal?<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_wsi_prompt_puts_the_instruction_before_the_patches(engine: TransformersEngine) -> None:
+    patches = [_noise(seed, (96, 96), "RGB") for seed in range(3)]
+    prompt = prompts.wsi_prompt(patches, tissue=" Breast\n", procedure="core  needle biopsy")
+    instruction = (
+        "Provide a brief descriptive text for the set of pathology patches extracted from a "
+        "pathology slide. Consider the tissue type and procedure (below) when deciding what to "
+        "include in the descriptive text. Breast, core needle biopsy:"
+    )
+    assert prompt.system is None
+    assert prompt.content == (instruction, *patches)  # no per-patch labels
+    assert prompt.max_new_tokens == prompts.WSI_MAX_NEW_TOKENS
+    for tissue in (None, "", "  "):
+        unknown = prompts.wsi_prompt(patches[:1], tissue=tissue, procedure=None)
+        assert unknown.content[0] == prompts.WSI_INSTRUCTION + " unknown, unknown:"
+    inputs = engine.inputs(prompt)
+    ids = inputs["input_ids"][0].tolist()
+    tokenizer = engine._processor.tokenizer
+    assert ids.count(tokenizer.image_token_id) == len(patches) * TOKENS_PER_IMAGE
+    text = tokenizer.decode(ids)
+    assert text.startswith("<bos><start_of_turn>user\n" + instruction + "\n\n<start_of_image>")
+    assert text.endswith("<end_of_image>\n\n<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_lab_report_prompt_is_the_official_text_after_the_pages(
+    engine: TransformersEngine,
+) -> None:
+    pages = [_gradient(60, 80), _noise(3, (60, 80))]
+    prompt = prompts.lab_report_prompt(pages)
+    official = (
+        "You are a Clinical Data Extraction Specialist. Your job is to parse lab reports with "
+        "high precision.\nFrom the given lab report, extract all lab tests into a JSON list.\n"
+        "Each test object in the list must include: name, result, unit, range, panel, method, "
+        "specimen, sample_collection_time (formatted as DD-MM-YYYY HH:MM:SS)"
+    )
+    assert prompt == Prompt(
+        system=None,
+        content=(*pages, official),
+        max_new_tokens=prompts.LAB_REPORT_MAX_NEW_TOKENS,
+    )
+    text = engine._processor.tokenizer.decode(engine.inputs(prompt)["input_ids"][0])
+    assert text.startswith("<bos><start_of_turn>user\n\n\n<start_of_image>")
+    assert text.endswith(official + "<end_of_turn>\n<start_of_turn>model\n")
 
 
 def test_report_prompt_folds_system_into_the_user_turn(engine: TransformersEngine) -> None:
@@ -318,6 +394,36 @@ def test_prompt_limits_are_enforced() -> None:
         prompts.volume_prompt(too_many, "MR")
     with pytest.raises(ValueError, match="640x480"):
         prompts.cxr_localize_prompt(_gradient(), "nodule")
+    patch = _gradient(8, 8)
+    with pytest.raises(ValueError, match="at least one patch"):
+        prompts.wsi_prompt([], tissue="skin", procedure="excision")
+    with pytest.raises(ValueError, match="at most 125 patches, got 126"):
+        prompts.wsi_prompt([patch] * 126, tissue="skin", procedure="excision")
+    assert len(prompts.wsi_prompt([patch] * 125, tissue=None, procedure=None).images) == 125
+    with pytest.raises(ValueError, match="at least one page"):
+        prompts.lab_report_prompt([])
+    with pytest.raises(ValueError, match="got 86"):
+        prompts.lab_report_prompt([patch] * (prompts.MAX_LAB_REPORT_PAGES + 1))
+
+
+def test_context_takes_the_evaluation_form() -> None:
+    image = _gradient()
+    report = prompts.cxr_report_prompt(image, context="  Fever.\n Cough  for 3 days. ")
+    assert report.content == (
+        image,
+        'After looking at the indication and patient history "Fever. Cough for 3 days."... '
+        "Describe this X-ray.",
+    )
+    volume = prompts.volume_prompt([image], "CT", question=None, context="Abdominal pain")
+    assert volume.content[-1] == (
+        'After looking at the indication and patient history "Abdominal pain"... '
+        'Is there "any acute abnormality" in the CT volume? You may write out your argument '
+        'before stating your final answer "Final Answer: yes" or "Final Answer: no".'
+    )
+    assert prompts.cxr_report_prompt(image, context=" \n").content == (
+        image,
+        "Describe this X-ray.",
+    )
 
 
 def test_task_defaults_cover_every_task() -> None:
@@ -340,3 +446,67 @@ def test_answer_parsers_reject_malformed_answers() -> None:
         parse_boxes("```json\n[{]\n```")
     with pytest.raises(AnswerError, match="y0 < y1"):
         parse_boxes('```json\n[{"box_2d": [600, 1, 200, 5], "label": "x"}]\n```')
+
+
+def test_lab_answer_parses_into_one_result() -> None:
+    assert parse_lab_results(LAB_ANSWER) == [
+        LabResult(
+            name="Hemoglobin",
+            result="13.5",
+            unit="g/dL",
+            range="12.0-16.0",
+            panel="CBC",
+            method=None,
+            specimen="Blood",
+            sample_collection_time="01-02-2026 08:30:00",
+        )
+    ]
+
+
+def test_lab_results_are_read_bare_and_normalised() -> None:
+    answer = (
+        "thinking<unused95>Here are the tests:\n"
+        '[{"name": " Glucose ", "result": 5.4, "unit": "", "sample_collection_time": '
+        '"2026-02-01T08:30:00", "flag": "H"},\n'
+        ' {"name": "Sodium", "result": "140", "sample_collection_time": "1-2-2026 8:30"},\n'
+        ' {"name": "Potassium", "result": "4.1", "sample_collection_time": "02/01/2026 08:30"}]'
+        "\nFinal Answer: done"
+    )
+    glucose, sodium, potassium = parse_lab_results(answer)
+    assert (glucose.name, glucose.result, glucose.unit) == ("Glucose", "5.4", None)
+    assert glucose.sample_collection_time == "01-02-2026 08:30:00"
+    assert not glucose.sample_collection_time_raw
+    assert glucose.ignored_keys == ("flag",)
+    assert sodium.sample_collection_time == "01-02-2026 08:30:00"
+    # Day-first or month-first can't be told apart: kept as written, and flagged.
+    assert potassium.sample_collection_time == "02/01/2026 08:30"
+    assert potassium.sample_collection_time_raw
+    assert parse_lab_results("```json\n[]\n```") == []
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("The patient is doing well.", r"no JSON list of lab tests: 'The patient is doing well\.'"),
+        ("x" * 200, r"'x{80}\.\.\.'"),
+        ('```json\n[{"name": "Hb", "result": "13.5",]\n```', "not valid JSON"),
+        ('[{"name": "Hb", "result": "13.5"}', "not valid JSON"),
+        ('```json\n{"name": "Hb", "result": "13.5"}\n```', "must be a JSON list, got dict"),
+        ('[{"name": "Hb", "result": "1"}, "Na 140"]', "lab test 1 is not an object"),
+        ('[{"name": "Hb", "result": "1"}, {"name": "Na"}]', "lab test 1: 'result' is missing"),
+        ('[{"name": "  ", "result": "1"}]', "lab test 0: 'name' is empty"),
+        ('[{"name": "Hb", "result": null}]', "lab test 0: 'result' is null"),
+        ('[{"name": "Hb", "result": "1", "unit": ["g/dL"]}]', "lab test 0: 'unit' must be"),
+        ('[{"name": "Hb", "result": true}]', "lab test 0: 'result' must be"),
+    ],
+)
+def test_lab_parser_names_what_is_wrong(answer: str, message: str) -> None:
+    with pytest.raises(AnswerError, match=message):
+        parse_lab_results(answer)
+
+
+def test_wsi_description_must_not_be_empty() -> None:
+    assert parse_wsi_description("  Benign skin.\n") == "Benign skin."
+    for empty in ("", " \n ", "a trace<unused95>  "):
+        with pytest.raises(AnswerError, match="WSI answer is empty"):
+            parse_wsi_description(empty)

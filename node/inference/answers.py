@@ -1,4 +1,5 @@
-"""Reading MedGemma's answers: the thinking trace, "Final Answer:", boxes, report sections.
+"""Reading MedGemma's answers: thinking trace, "Final Answer:", boxes, report sections, WSI
+descriptions and lab tests.
 
 Each parser validates the answer once, here, and says what was wrong with it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 # MedGemma 1.5 ends an optional thinking trace with this token.
 THINKING_END = "<unused95>"
@@ -110,3 +112,151 @@ def _box(item: object, index: int) -> Box:
             f"0 <= x0 < x1 <= {BOX_SCALE}, got {coords!r}"
         )
     return Box(label=label, y0=y0, x0=x0, y1=y1, x1=x1)
+
+
+# --- whole-slide images --------------------------------------------------------------------
+
+
+def parse_wsi_description(text: str) -> str:
+    """The slide description: the answer without a thinking trace; never empty."""
+    description = strip_thinking(text)
+    if not description:
+        raise AnswerError("the WSI answer is empty")
+    return description
+
+
+# --- lab reports -----------------------------------------------------------------------------
+
+# The prompt's keys, in its order. name and result make a test; the rest may be null.
+LAB_REQUIRED_FIELDS = ("name", "result")
+LAB_OPTIONAL_FIELDS = ("unit", "range", "panel", "method", "specimen", "sample_collection_time")
+LAB_FIELDS = LAB_REQUIRED_FIELDS + LAB_OPTIONAL_FIELDS
+# The format the prompt asks for. Only unambiguous variants are rewritten into it: the
+# same day-first order without seconds, and ISO year-first. A slash date such as
+# 02/01/2026 is day-first in one country and month-first in another, so it stays raw.
+LAB_TIME_FORMAT = "%d-%m-%Y %H:%M:%S"
+_LAB_TIME_VARIANTS = (
+    LAB_TIME_FORMAT,
+    "%d-%m-%Y %H:%M",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M",
+)
+_FENCED = re.compile(r"```(?:json)?[ \t]*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
+_EXCERPT_CHARS = 80
+
+
+@dataclass(frozen=True)
+class LabResult:
+    """One test from a lab report, as the extraction prompt names its fields.
+
+    Values are the model's text, stripped; numbers it wrote unquoted become strings.
+    ``sample_collection_time`` is rewritten as DD-MM-YYYY HH:MM:SS where it parses
+    unambiguously; otherwise it is kept as written and ``sample_collection_time_raw``
+    is True, so a consumer can tell a checked time from a string to show as is.
+    ``ignored_keys`` names keys the prompt didn't ask for, which are dropped: said
+    rather than silently lost.
+    """
+
+    name: str
+    result: str
+    unit: str | None = None
+    range: str | None = None
+    panel: str | None = None
+    method: str | None = None
+    specimen: str | None = None
+    sample_collection_time: str | None = None
+    sample_collection_time_raw: bool = False
+    ignored_keys: tuple[str, ...] = ()
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= _EXCERPT_CHARS else flat[:_EXCERPT_CHARS] + "...")
+
+
+def _lab_json(text: str) -> str:
+    """The JSON text: the first fenced block if there is one, else from the first '['."""
+    fenced = _FENCED.search(text)
+    if fenced:
+        return fenced.group(1).strip()
+    start = text.find("[")
+    if start < 0:
+        raise AnswerError(f"the answer has no JSON list of lab tests: {_excerpt(text)}")
+    return text[start:]
+
+
+def parse_lab_results(text: str) -> list[LabResult]:
+    """The lab tests of an extraction answer, each validated; an empty list is valid.
+
+    The list may be inside ```json ... ``` (as MedGemma writes it) or bare, with text
+    around it. Any other shape raises :class:`AnswerError` naming the test's index and
+    the field at fault, or quoting the start of an answer that holds no JSON list.
+    """
+    answer = strip_thinking(text)
+    raw = _lab_json(answer)
+    try:
+        # raw_decode: a bare list may be followed by prose ("Final Answer: ...").
+        items, _ = json.JSONDecoder().raw_decode(raw)
+    except json.JSONDecodeError as e:
+        raise AnswerError(
+            f"the lab tests are not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): "
+            f"{_excerpt(raw)}"
+        ) from e
+    if not isinstance(items, list):
+        raise AnswerError(
+            f"the lab tests must be a JSON list, got {type(items).__name__}: {_excerpt(raw)}"
+        )
+    return [_lab_result(item, index) for index, item in enumerate(items)]
+
+
+def _lab_value(item: dict[str, object], key: str, index: int) -> str | None:
+    value = item.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise AnswerError(
+            f"lab test {index}: {key!r} must be a string or a number, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    text = value.strip() if isinstance(value, str) else str(value)
+    return text or None
+
+
+def _lab_result(item: object, index: int) -> LabResult:
+    if not isinstance(item, dict):
+        raise AnswerError(f"lab test {index} is not an object: {item!r}")
+    values = {key: _lab_value(item, key, index) for key in LAB_FIELDS}
+    for key in LAB_REQUIRED_FIELDS:
+        if values[key] is None:
+            state = (
+                "is missing" if key not in item else "is null" if item[key] is None else "is empty"
+            )
+            raise AnswerError(f"lab test {index}: {key!r} {state}: {item!r}")
+    time, raw = _collection_time(values["sample_collection_time"])
+    return LabResult(
+        name=str(values["name"]),
+        result=str(values["result"]),
+        unit=values["unit"],
+        range=values["range"],
+        panel=values["panel"],
+        method=values["method"],
+        specimen=values["specimen"],
+        sample_collection_time=time,
+        sample_collection_time_raw=raw,
+        ignored_keys=tuple(sorted(str(key) for key in item if key not in LAB_FIELDS)),
+    )
+
+
+def _collection_time(value: str | None) -> tuple[str | None, bool]:
+    """(time, kept raw): DD-MM-YYYY HH:MM:SS where it parses, else the text as written."""
+    if value is None:
+        return None, False
+    for variant in _LAB_TIME_VARIANTS:
+        try:
+            parsed = datetime.strptime(value, variant)
+        except ValueError:
+            continue
+        return parsed.strftime(LAB_TIME_FORMAT), False
+    return value, True

@@ -57,9 +57,59 @@ LOCALIZE_PROMPT = (
     '"box_2d" and "label" key. Answer:'
 )
 
+# Whole-slide images. The instruction's wording, as far as it is known:
+# - "provide a brief descriptive text for the set of pathology patches extracted from a
+#   pathology slide. Consider the tissue type and procedure (below)" and the line
+#   "{tissue}, {procedure}:" are verbatim from /work/shared/MEDGEMMA.md (its "Whole-slide
+#   images" section, which elides what comes before and after).
+# - The capital "Provide" opening the instruction and its ending "when deciding what to
+#   include in the ... text." are from the MedGemma 1.5 technical report (arXiv
+#   2604.05081, appendix B, table 9), whose evaluation prompt reads "Provide a brief
+#   diagnostic text ... when deciding what to include in the diagnostic text.
+#   {{ type_procedure }} {{ question }}". That table says "diagnostic" where MEDGEMMA.md
+#   says "descriptive"; we keep MEDGEMMA.md's word throughout, so the sentence reads
+#   consistently, and leave {{ question }} out (we ask none).
+# - The table renders line breaks as runs of spaces (see its lab-report and EHRNoteQA
+#   rows) but separates the WSI parts with single spaces, so one space joins them here.
+# - Order: MEDGEMMA.md puts the instruction first and the patches after it, unlabelled
+#   (the report's table writes "{{images}} + text" for every task, CT included, whose
+#   notebook layout is instruction-first too, so the table is no evidence on order).
+WSI_INSTRUCTION = (
+    "Provide a brief descriptive text for the set of pathology patches extracted from a "
+    "pathology slide. Consider the tissue type and procedure (below) when deciding what to "
+    "include in the descriptive text."
+)
+WSI_TISSUE_PROCEDURE = "{tissue}, {procedure}:"
+# Said instead of a tissue or procedure the slide's metadata doesn't give: inventing one
+# would steer the description.
+WSI_UNKNOWN = "unknown"
+# MEDGEMMA.md's cap (the report's training capped at 126 patches; 125 stays inside it).
+MAX_WSI_PATCHES = 125
+
+# Lab reports: the technical report's extraction prompt (appendix B, table 11), the words
+# verbatim as MEDGEMMA.md quotes them. The table shows a line break (a run of spaces, as
+# in its other multi-line prompts) after each of the first two sentences; MEDGEMMA.md
+# flattens them to spaces. We keep the line breaks.
+LAB_REPORT_PROMPT = (
+    "You are a Clinical Data Extraction Specialist. Your job is to parse lab reports with "
+    "high precision.\n"
+    "From the given lab report, extract all lab tests into a JSON list.\n"
+    "Each test object in the list must include: name, result, unit, range, panel, method, "
+    "specimen, sample_collection_time (formatted as DD-MM-YYYY HH:MM:SS)"
+)
+# Each page costs 256 image tokens on MedGemma; this is the volume prompt's image budget
+# (85 × 256 = 21,760 tokens), the longest image context the model was tuned on with a
+# long text around it. Longer reports should be split into several requests.
+MAX_LAB_REPORT_PAGES = 85
+
 REPORT_MAX_NEW_TOKENS = 600
 VOLUME_MAX_NEW_TOKENS = 2000
 LOCALIZE_MAX_NEW_TOKENS = 1000
+# No official notebook value for these two. A WSI answer is a final-diagnosis line or a
+# few sentences; a lab report's JSON takes ~60-80 tokens per test, so 4096 holds ~50
+# tests and stays inside the model's 8192-token output limit.
+WSI_MAX_NEW_TOKENS = 512
+LAB_REPORT_MAX_NEW_TOKENS = 4096
 
 DEFAULT_MAX_NEW_TOKENS: dict[Task, int] = {
     Task.CXR_REPORT: REPORT_MAX_NEW_TOKENS,
@@ -140,6 +190,58 @@ def cxr_localize_prompt(
         )
     text = LOCALIZE_PROMPT.format(finding=finding.strip())
     return Prompt(system=None, content=(image, text), max_new_tokens=max_new_tokens)
+
+
+def _label_or_unknown(value: str | None) -> str:
+    flat = " ".join(value.split()) if value is not None else ""
+    return flat or WSI_UNKNOWN
+
+
+def wsi_prompt(
+    patches: Sequence[Image.Image],
+    *,
+    tissue: str | None,
+    procedure: str | None,
+    max_new_tokens: int = WSI_MAX_NEW_TOKENS,
+) -> Prompt:
+    """Instruction with "{tissue}, {procedure}:" first, then the patches, unlabelled.
+
+    ``patches`` are the sampled 896×896 tissue patches in the slide's spatial order.
+    A missing or blank ``tissue`` or ``procedure`` is written as "unknown".
+    """
+    if not patches:
+        raise ValueError("a WSI prompt needs at least one patch, got none")
+    if len(patches) > MAX_WSI_PATCHES:
+        raise ValueError(
+            f"a WSI prompt takes at most {MAX_WSI_PATCHES} patches, got {len(patches)}; "
+            "sample them first"
+        )
+    label = WSI_TISSUE_PROCEDURE.format(
+        tissue=_label_or_unknown(tissue), procedure=_label_or_unknown(procedure)
+    )
+    # One text part: the chat template trims and concatenates adjacent text parts with
+    # no separator, so the space must be inside the string.
+    text = f"{WSI_INSTRUCTION} {label}"
+    return Prompt(system=None, content=(text, *patches), max_new_tokens=max_new_tokens)
+
+
+def lab_report_prompt(
+    pages: Sequence[Image.Image], *, max_new_tokens: int = LAB_REPORT_MAX_NEW_TOKENS
+) -> Prompt:
+    """The pages in document order, then the extraction prompt, in one user turn.
+
+    The report's table gives only the text. Images come first as in the quick-start
+    report prompt and Gemma's own examples (image, then what to do with it); with no
+    system turn, as the report says MedGemma's evaluations had none.
+    """
+    if not pages:
+        raise ValueError("a lab report prompt needs at least one page, got none")
+    if len(pages) > MAX_LAB_REPORT_PAGES:
+        raise ValueError(
+            f"a lab report prompt takes at most {MAX_LAB_REPORT_PAGES} pages, "
+            f"got {len(pages)}; split the report"
+        )
+    return Prompt(system=None, content=(*pages, LAB_REPORT_PROMPT), max_new_tokens=max_new_tokens)
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:

@@ -63,6 +63,20 @@ LOCALIZE_ANSWER = (
     f'```json\n[{{"box_2d": [{", ".join(map(str, LOCALIZE_BOX))}], "label": "{LOCALIZE_LABEL}"}}]'
     f"\n```\nFinal Answer: {LOCALIZE_LABEL}"
 )
+WSI_ANSWER = "Benign breast tissue with fibrous stroma. No malignancy identified."
+# One test, every field of the extraction prompt, one of them null, as MedGemma fences it.
+LAB_ANSWER = (
+    '```json\n[{"name": "Hemoglobin", "result": "13.5", "unit": "g/dL", "range": "12.0-16.0", '
+    '"panel": "CBC", "method": null, "specimen": "Blood", '
+    '"sample_collection_time": "01-02-2026 08:30:00"}]\n```'
+)
+ANSWERS: dict[str, str] = {  # by task, as the marker file lists them
+    "report": REPORT_ANSWER,
+    "volume": VOLUME_ANSWER,
+    "localize": LOCALIZE_ANSWER,
+    "wsi": WSI_ANSWER,
+    "lab-report": LAB_ANSWER,
+}
 
 # MedGemma's image processing, unchanged, so the imaging code's output is treated identically.
 IMAGE_SIZE = 896
@@ -146,6 +160,8 @@ _FINDINGS = (
     "left clavicle",
     "trachea",
 )
+_TISSUES = ("breast", "colon", "prostate", "lung", "skin", "lymph node", "stomach", "cervix")
+_PROCEDURES = ("biopsy", "core needle biopsy", "excision", "resection", "polypectomy")
 
 # Training budget: enough for every answer token to win by a clear margin.
 _LEARNING_RATE = 3e-3
@@ -229,7 +245,7 @@ def _seed_everything(seed: int) -> None:
 
 def _tokenizer_corpus() -> Iterator[str]:
     """Every fixed string the node sends or expects, so they tokenize compactly."""
-    for answer in (REPORT_ANSWER, VOLUME_ANSWER, LOCALIZE_ANSWER):
+    for answer in ANSWERS.values():
         yield from [answer] * 8
     yield prompts.REPORT_SYSTEM
     yield prompts.REPORT_INSTRUCTION
@@ -238,6 +254,9 @@ def _tokenizer_corpus() -> Iterator[str]:
         yield prompts.VOLUME_INSTRUCTION.format(modality=modality)
         yield prompts.volume_finding_question(prompts.VOLUME_DEFAULT_FINDING, modality)
     yield prompts.CONTEXT_PREFIX
+    yield prompts.WSI_INSTRUCTION
+    yield prompts.LAB_REPORT_PROMPT
+    yield " ".join([*_TISSUES, *_PROCEDURES, prompts.WSI_UNKNOWN])
     yield " ".join(prompts.VOLUME_SLICE_LABEL.format(number=n) for n in range(1, 100))
     yield "user\nmodel\n\n" + " ".join(_WORDS) + " " + " ".join(_FINDINGS)
 
@@ -295,7 +314,7 @@ def _build_processor() -> Gemma3Processor:
 
 
 def _check_round_trip(tokenizer: GemmaTokenizer) -> None:
-    for answer in (REPORT_ANSWER, VOLUME_ANSWER, LOCALIZE_ANSWER):
+    for answer in ANSWERS.values():
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         if tokenizer.decode(ids, skip_special_tokens=True) != answer:
             raise TestModelError(f"the test tokenizer does not round-trip {answer!r}")
@@ -416,6 +435,15 @@ def _task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]
     for _ in range(count):
         square = _random_image(rng).resize((384, 384))
         yield prompts.cxr_localize_prompt(square, rng.choice(_FINDINGS)), LOCALIZE_ANSWER
+    for _ in range(count):
+        # 1 to 20 patches, mostly few: every image costs the build time.
+        patches = [_random_image(rng) for _ in range(rng.choice([1, 2, 4, 8, 20]))]
+        tissue = rng.choice([None, *_TISSUES])
+        procedure = rng.choice([None, *_PROCEDURES])
+        yield prompts.wsi_prompt(patches, tissue=tissue, procedure=procedure), WSI_ANSWER
+    for _ in range(count):
+        pages = [_random_image(rng) for _ in range(rng.choice([1, 2, 3, 8]))]
+        yield prompts.lab_report_prompt(pages), LAB_ANSWER
 
 
 def _training_examples(
@@ -514,6 +542,6 @@ def _write_marker(directory: Path, seed: int) -> None:
         "seed": seed,
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "answers": {"report": REPORT_ANSWER, "volume": VOLUME_ANSWER, "localize": LOCALIZE_ANSWER},
+        "answers": ANSWERS,
     }
     (directory / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")

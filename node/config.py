@@ -25,6 +25,8 @@ class Task(StrEnum):
     CXR_REPORT = "cxr-report"
     CT_VOLUME = "ct-volume"
     MR_VOLUME = "mr-volume"
+    WSI = "wsi"
+    LAB_REPORT = "lab-report"
 
 
 class Output(StrEnum):
@@ -128,6 +130,16 @@ def default_routing() -> list[Rule]:
         ),
         Rule(name="ct", match=Match(modality=["CT"]), task=Task.CT_VOLUME),
         Rule(name="mr", match=Match(modality=["MR"]), task=Task.MR_VOLUME),
+        Rule(
+            name="whole slide",
+            match=Match(sop_class=["VLWholeSlideMicroscopyImageStorage"]),
+            task=Task.WSI,
+        ),
+        Rule(
+            name="lab report",
+            match=Match(modality=["DOC"], series_description=r"\blab"),
+            task=Task.LAB_REPORT,
+        ),
     ]
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import yaml
 from pydicom import dcmread
 
+from fixtures.documents import make_encapsulated_pdf
 from fixtures.series import make_cr_study, make_ct_series
+from fixtures.wsi import make_wsi_series
 from tests.dicom_tools import dciodvfy_errors
 from tests.peers import NODE_BIN
 
@@ -83,3 +85,49 @@ def test_clinical_context_reaches_prompt_and_sr(tmp_path: Path, test_model: Path
     sr = dcmread(next(out.rglob("*.dcm")))
     texts = [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
     assert any("Fever and cough" in text for text in texts)
+
+
+def _sr_texts(path: Path) -> list[str]:
+    sr = dcmread(path)
+    return [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
+
+
+def test_lab_report_from_an_encapsulated_pdf(tmp_path: Path, test_model: Path) -> None:
+    pdf = make_encapsulated_pdf(tmp_path / "in", patient_id="LAB-1", pages=2)
+    out, saved = tmp_path / "out", tmp_path / "saved"
+    config = _config(tmp_path, test_model)
+    result = _run(pdf, "--config", config, "--out", out, "--save-inputs", saved)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sr_path,) = out.rglob("*.dcm")
+    texts = _sr_texts(sr_path)
+    # the test model's JSON, validated and carried as one structured finding per test
+    assert "1 lab test(s) extracted from 2 page(s)." in texts
+    assert any(t.startswith("Hemoglobin: 13.5 g/dL (reference 12.0-16.0)") for t in texts)
+    assert dciodvfy_errors(sr_path) == []
+    inputs = next(saved.glob("*lab-report"))
+    assert sorted(p.name for p in inputs.glob("*.png")) == ["000.png", "001.png"]
+    assert "Clinical Data Extraction Specialist" in (inputs / "prompt.txt").read_text()
+
+
+def test_whole_slide_image_gets_a_description(tmp_path: Path, test_model: Path) -> None:
+    files = make_wsi_series(tmp_path / "in", patient_id="WSI-1")
+    out, saved = tmp_path / "out", tmp_path / "saved"
+    result = _run(
+        tmp_path / "in",
+        "--config",
+        _config(tmp_path, test_model),
+        "--out",
+        out,
+        "--save-inputs",
+        saved,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sr_path,) = out.rglob("*.dcm")
+    assert any("Benign breast tissue" in t for t in _sr_texts(sr_path))
+    assert dcmread(sr_path).StudyInstanceUID == dcmread(files[0]).StudyInstanceUID
+    assert dciodvfy_errors(sr_path) == []
+    inputs = next(saved.glob("*wsi"))
+    meta = json.loads((inputs / "meta.json").read_text())
+    assert round(meta["magnification"]) == 10
+    prompt = (inputs / "prompt.txt").read_text()
+    assert prompt.index("colon") < prompt.index("<image>")  # instruction first, patches after

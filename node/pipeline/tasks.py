@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -19,10 +19,19 @@ from pydicom.errors import InvalidDicomError
 
 from node.config import ImagingSettings, Task
 from node.imaging.context import ClinicalContext, clinical_context
+from node.imaging.document import document_to_pages
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import radiograph_to_image
 from node.imaging.volume import series_to_volume_input
-from node.inference.prompts import DEFAULT_MAX_NEW_TOKENS, cxr_report_prompt, volume_prompt
+from node.imaging.wsi import wsi_to_patches
+from node.inference.answers import AnswerError, LabResult, parse_lab_results, parse_wsi_description
+from node.inference.prompts import (
+    DEFAULT_MAX_NEW_TOKENS,
+    cxr_report_prompt,
+    lab_report_prompt,
+    volume_prompt,
+    wsi_prompt,
+)
 from node.inference.request import Engine, Prompt
 from node.results.sr import build_findings_sr
 
@@ -184,6 +193,127 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
     raise InputError("no series could be assembled into a volume: " + "; ".join(errors))
 
 
+def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
+    paths = [path for files in job.series.values() for path in files]
+    try:
+        slide = wsi_to_patches(paths)
+    except ImagingError as e:
+        raise InputError(str(e)) from e
+    headers = _readable_headers(paths)
+    tissue = _tissue(headers[0]) if headers else None
+    prompt = wsi_prompt(
+        slide.patches, tissue=tissue, procedure=None, max_new_tokens=job.token_limit
+    )
+    answer = _generate(
+        engine,
+        prompt,
+        job.save_inputs,
+        meta={
+            "task": job.task.value,
+            "series_instance_uid": slide.series_uid,
+            "level_index": slide.level_index,
+            "magnification": slide.magnification,
+            "patch_positions": slide.positions,
+            "tissue": tissue,
+            "notes": slide.notes,
+        },
+    )
+    try:
+        description = parse_wsi_description(answer)
+    except AnswerError as e:
+        raise InputError(f"{engine.label} gave no usable description: {e}") from e
+    level = [h for h in headers if h.SeriesInstanceUID == slide.series_uid] or headers
+    sr = build_findings_sr(
+        level,
+        description,
+        task=job.task.value,
+        model_label=engine.label,
+        is_test_model=engine.is_test_model,
+    )
+    record: dict[str, object] = {
+        "series": slide.series_uid,
+        "patches_sent": len(slide.patches),
+        "level_index": slide.level_index,
+        "magnification": slide.magnification,
+        "tissue": tissue,
+        "procedure": None,
+        "notes": slide.notes,
+    }
+    return TaskOutcome(results=[sr], record=record)
+
+
+def _tissue(ds: Dataset) -> str | None:
+    """The specimen's short description, else the body part: what the slide is of."""
+    for specimen in ds.get("SpecimenDescriptionSequence", []):
+        text = str(specimen.get("SpecimenShortDescription", "")).strip()
+        if text:
+            return text
+    body_part = str(ds.get("BodyPartExamined", "")).strip()
+    return body_part.lower() or None
+
+
+def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
+    paths = [path for files in job.series.values() for path in files]
+    try:
+        document = document_to_pages(paths)
+    except ImagingError as e:
+        raise InputError(str(e)) from e
+    prompt = lab_report_prompt(document.pages, max_new_tokens=job.token_limit)
+    answer = _generate(
+        engine,
+        prompt,
+        job.save_inputs,
+        meta={
+            "task": job.task.value,
+            "pages": len(document.pages),
+            "sop_instance_uids": document.sop_instance_uids,
+            "notes": document.notes,
+        },
+    )
+    try:
+        results = parse_lab_results(answer)
+    except AnswerError as e:
+        # A deterministic model gives the same answer again: fail with the reason.
+        raise InputError(f"{engine.label} answered with no valid lab results: {e}") from e
+    sources = [
+        h for h in _readable_headers(paths) if h.SOPInstanceUID in document.sop_instance_uids
+    ]
+    sr = build_findings_sr(
+        sources,
+        f"{len(results)} lab test(s) extracted from {len(document.pages)} page(s).",
+        task=job.task.value,
+        model_label=engine.label,
+        is_test_model=engine.is_test_model,
+        finding_items=[_lab_line(result) for result in results],
+    )
+    record: dict[str, object] = {
+        "pages": len(document.pages),
+        "lab_results": [asdict(result) for result in results],
+        "notes": document.notes,
+    }
+    return TaskOutcome(results=[sr], record=record)
+
+
+def _lab_line(result: LabResult) -> str:
+    """One lab test as a line a reader scans: name, result, unit, range, then the rest."""
+    line = f"{result.name}: {result.result}"
+    if result.unit:
+        line += f" {result.unit}"
+    if result.range:
+        line += f" (reference {result.range})"
+    extras = [
+        f"{label} {value}"
+        for label, value in (
+            ("panel", result.panel),
+            ("method", result.method),
+            ("specimen", result.specimen),
+            ("collected", result.sample_collection_time),
+        )
+        if value
+    ]
+    return line + (f"; {'; '.join(extras)}" if extras else "")
+
+
 def _readable_headers(paths: list[Path]) -> list[Dataset]:
     headers: list[Dataset] = []
     for path in paths:
@@ -232,6 +362,8 @@ RUNNERS: dict[Task, Callable[[TaskInput, Engine], TaskOutcome]] = {
     Task.CXR_REPORT: run_cxr_report,
     Task.CT_VOLUME: run_volume,
     Task.MR_VOLUME: run_volume,
+    Task.WSI: run_wsi,
+    Task.LAB_REPORT: run_lab_report,
 }
 
 

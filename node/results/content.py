@@ -159,6 +159,7 @@ def findings_section(
     *,
     algorithm: AlgorithmIdentification,
     sources: Sequence[Dataset],
+    items: Sequence[str] = (),
 ) -> ContainerContentItem:
     """A "Findings" section: the generated text, how it was made, and from what.
 
@@ -175,7 +176,14 @@ def findings_section(
         name=codes.DCM.Findings,
         relationship_type=RelationshipTypeValues.CONTAINS,
     )
-    section.ContentSequence = ContentSequence([*algorithm, finding])
+    # Structured answers (one lab test, one box) each become a finding of their own.
+    more = [
+        TextContentItem(
+            name=codes.DCM.Finding, value=item, relationship_type=RelationshipTypeValues.CONTAINS
+        )
+        for item in items
+    ]
+    section.ContentSequence = ContentSequence([*algorithm, finding, *more])
     return section
 
 

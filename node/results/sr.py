@@ -77,6 +77,7 @@ def build_findings_sr(
     series_number: int = 9901,
     instance_number: int = 1,
     context_used: str | None = None,
+    finding_items: Sequence[str] = (),
     manufacturer: str = MANUFACTURER,
     software_version: str = __version__,
     series_instance_uid: str | None = None,
@@ -132,6 +133,7 @@ def build_findings_sr(
         context_used=context_used,
         manufacturer=manufacturer,
         software_version=software_version,
+        finding_items=finding_items,
     )
     first = evidence[0]
     sr = ComprehensiveSR(
@@ -150,7 +152,7 @@ def build_findings_sr(
         series_description=series_description(is_test_model=is_test_model),
         software_versions=software_version,
         specific_character_set=_character_set(
-            first, findings, task, model_label, context_used or "", manufacturer
+            first, findings, task, model_label, context_used or "", manufacturer, *finding_items
         ),
         content_date=created.date(),
         content_time=created.time(),
@@ -179,6 +181,7 @@ def _root_container(
     context_used: str | None,
     manufacturer: str,
     software_version: str,
+    finding_items: Sequence[str] = (),
 ) -> ContainerContentItem:
     """Assemble the content tree shown in the module docstring."""
     root = ContainerContentItem(name=report_title(), is_content_continuous=False)
@@ -193,6 +196,7 @@ def _root_container(
             findings,
             algorithm=algorithm_identification(model_label, software_version, task),
             sources=sources,
+            items=finding_items,
         )
     )
     root.ContentSequence = ContentSequence(items)

@@ -15,7 +15,13 @@ def test_embedded_defaults_and_shipped_file_agree() -> None:
     embedded = load_settings(None)
     shipped = load_settings(REPO / "config" / "node.yaml")
     assert embedded == shipped
-    assert [r.task for r in embedded.routing] == [Task.CXR_REPORT, Task.CT_VOLUME, Task.MR_VOLUME]
+    assert [r.task for r in embedded.routing] == [
+        Task.CXR_REPORT,
+        Task.CT_VOLUME,
+        Task.MR_VOLUME,
+        Task.WSI,
+        Task.LAB_REPORT,
+    ]
     assert embedded.node.resolved_database_url.startswith("sqlite:///")
     # a file without a routing section gets the same default rules
     assert parse_settings("node: {port: 104}\n", "test").routing == embedded.routing

@@ -332,3 +332,32 @@ def test_identity_removed_without_method_is_completed(tmp_path: Path) -> None:
     _, back = round_trip(build([source]), tmp_path)
     assert back.PatientIdentityRemoved == "YES"
     assert back.DeidentificationMethod.startswith("Unknown")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "chrGerm.dcm",
+        "chrGreek.dcm",
+        "chrH31.dcm",
+        "chrH32.dcm",
+        "chrHbrw.dcm",
+        "chrI2.dcm",
+        "chrJapMulti.dcm",
+        "chrKoreanMulti.dcm",
+        "chrRuss.dcm",
+        "chrX1.dcm",
+        "chrX2.dcm",
+    ],
+)
+def test_character_sets_of_the_source_survive(name: str, tmp_path: Path) -> None:
+    """pydicom's character-set files: the patient's name comes back as the source had it."""
+    [path] = get_charset_files(name)
+    source = pydicom.dcmread(path)
+    sr = build_findings_sr(
+        [source], "FINDINGS: Größe 3 cm.", task="cxr-report", model_label="m", is_test_model=True
+    )
+    written = write_tmp(sr, tmp_path)
+    back = pydicom.dcmread(written)
+    assert back.PatientName == source.PatientName
+    assert dciodvfy_errors(written) == []

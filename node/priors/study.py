@@ -1,0 +1,117 @@
+"""What the node knows about a candidate prior study, and the one error priors raise."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.valuerep import DA, TM
+
+# The study-level keys the PACS is asked for (C-FIND return keys / QIDO-RS includefields).
+RETURN_KEYS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ModalitiesInStudy",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "AccessionNumber",
+    "StudyDescription",
+    "NumberOfStudyRelatedInstances",
+)
+
+
+class PriorsUnavailable(Exception):
+    """The PACS could not answer a priors query or retrieval; the message names the PACS,
+    the transport and (for retrievals) the study."""
+
+
+def require_context(assoc: Any, abstract_syntax: str, *, where: str, service: str) -> None:
+    """Release ``assoc`` and raise unless the PACS accepted ``abstract_syntax``: a PACS that
+    associates but doesn't offer the service would otherwise fail deep inside pynetdicom."""
+    if any(cx.abstract_syntax == abstract_syntax for cx in assoc.accepted_contexts):
+        return
+    assoc.release()
+    raise PriorsUnavailable(f"{where}: the PACS does not accept {service}")
+
+
+@dataclass(frozen=True)
+class PriorStudy:
+    """One study-level answer from the PACS, with dates parsed (None where absent or invalid)."""
+
+    study_uid: str
+    study_date: datetime.date | None
+    study_time: datetime.time | None
+    modalities: tuple[str, ...]
+    patient_id: str
+    issuer_of_patient_id: str | None
+    patient_name: str
+    accession_number: str
+    study_description: str
+    number_of_instances: int | None
+
+    @property
+    def when(self) -> datetime.datetime | None:
+        """Study date and time; midnight when only the date is known."""
+        if self.study_date is None:
+            return None
+        return datetime.datetime.combine(self.study_date, self.study_time or datetime.time())
+
+    @classmethod
+    def from_identifier(cls, identifier: Dataset) -> PriorStudy:
+        """Build from a C-FIND identifier or a QIDO-RS answer read with ``Dataset.from_json``."""
+        count = _text(identifier, "NumberOfStudyRelatedInstances")
+        return cls(
+            study_uid=_text(identifier, "StudyInstanceUID"),
+            study_date=parse_date(identifier.get("StudyDate")),
+            study_time=parse_time(identifier.get("StudyTime")),
+            modalities=_modalities(identifier),
+            patient_id=_text(identifier, "PatientID"),
+            issuer_of_patient_id=_text(identifier, "IssuerOfPatientID") or None,
+            patient_name=_text(identifier, "PatientName"),
+            accession_number=_text(identifier, "AccessionNumber"),
+            study_description=_text(identifier, "StudyDescription"),
+            number_of_instances=int(count) if count.isdigit() else None,
+        )
+
+
+def parse_date(value: object) -> datetime.date | None:
+    """A DA value as a date; None for empty or malformed values (never guessed)."""
+    if value in (None, ""):
+        return None
+    try:
+        parsed = DA(str(value).strip())
+    except ValueError:
+        return None
+    return datetime.date(parsed.year, parsed.month, parsed.day) if parsed else None
+
+
+def parse_time(value: object) -> datetime.time | None:
+    """A TM value (HHMMSS.FFFFFF, parts optional) as a time; None when empty or malformed."""
+    if value in (None, ""):
+        return None
+    try:
+        parsed = TM(str(value).strip())
+    except ValueError:
+        return None
+    if not parsed:
+        return None
+    return datetime.time(parsed.hour, parsed.minute, parsed.second, parsed.microsecond)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _modalities(ds: Dataset) -> tuple[str, ...]:
+    value = ds.get("ModalitiesInStudy")
+    if value in (None, ""):
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    # Some archives answer one backslash-joined string instead of a multi-value.
+    split = [part for v in values for part in str(v).split("\\")]
+    return tuple(sorted({v.strip().upper() for v in split if v.strip()}))

@@ -23,6 +23,7 @@ class Task(StrEnum):
     """Tasks a routing rule can pick; defined once, used by routing, prompts and results."""
 
     CXR_REPORT = "cxr-report"
+    CXR_LONGITUDINAL = "cxr-longitudinal"
     CT_VOLUME = "ct-volume"
     MR_VOLUME = "mr-volume"
     WSI = "wsi"
@@ -81,6 +82,19 @@ class PacsSettings(_Strict):
     port: Port
     dicomweb_url: str | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class PriorSettings(_Strict):
+    """Comparison with the patient's earlier study, fetched from ``pacs``."""
+
+    enabled: bool = True
+    # Where a study routed to one of these tasks looks for a prior (chest radiographs).
+    tasks: list[Task] = Field(default_factory=lambda: [Task.CXR_REPORT])
+    window_days: int = Field(default=730, ge=1)
+    # auto: WADO-RS when pacs.dicomweb_url is set, else C-MOVE to this node's own AE.
+    retrieve: Literal["auto", "wado", "c-get", "c-move"] = "auto"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    cache_days: float = Field(default=7.0, gt=0)
 
 
 class ImagingSettings(_Strict):
@@ -148,6 +162,7 @@ class Settings(_Strict):
     model: ModelSettings = Field(default_factory=ModelSettings)
     pacs: PacsSettings | None = None
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
+    priors: PriorSettings = Field(default_factory=PriorSettings)
     outputs: list[Output] = Field(default_factory=lambda: [Output.SR])
     routing: list[Rule] = Field(default_factory=default_routing)
 

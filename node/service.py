@@ -15,6 +15,7 @@ from node.config import Output, Settings
 from node.dimse.scp import StorageSCP
 from node.pipeline.process import start_worker
 from node.pipeline.worker import release_dead_local_workers
+from node.priors.cache import PriorCache
 from node.store.index import Index
 from node.store.ingest import Ingest
 from node.store.spool import Spool
@@ -34,7 +35,7 @@ class NodeService:
         self.ingest = Ingest(
             self.spool, self.index, reopen_on_late=settings.node.late_arrivals == "rerun"
         )
-        self.scp = StorageSCP(settings.node, self.ingest)
+        self.scp = StorageSCP(settings.node, self.ingest, PriorCache(data_dir / "priors"))
         count_query = (
             pacs_count_query(settings.pacs, settings.node.ae_title) if settings.pacs else None
         )

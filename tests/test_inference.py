@@ -1,6 +1,6 @@
 """Inference: the test checkpoint through the real Gemma 3 loading and generation code.
 
-The tiny model is built once per session (~10-20 s on 2 cores); a second build, by the
+The tiny model is built once per session (~15-25 s on 2 cores); a second build, by the
 data-directory fallback, doubles as the check that builds are deterministic.
 """
 
@@ -25,10 +25,13 @@ from node.inference import engine as engine_module
 from node.inference import prompts
 from node.inference.answers import (
     AnswerError,
+    Comparison,
+    FindingVerdict,
     LabResult,
     final_answer,
     parse_boxes,
     parse_lab_results,
+    parse_longitudinal,
     parse_wsi_description,
     report_sections,
     strip_thinking,
@@ -50,6 +53,7 @@ from node.inference.test_model import (
     LOCALIZE_ANSWER,
     LOCALIZE_BOX,
     LOCALIZE_LABEL,
+    LONGITUDINAL_ANSWER,
     MARKER_NAME,
     REPORT_ANSWER,
     TOKENS_PER_IMAGE,
@@ -177,6 +181,66 @@ def test_lab_report_prompt_gives_the_fixed_tests(engine: TransformersEngine, pag
     answer = engine.generate(prompts.lab_report_prompt(document))
     assert answer == LAB_ANSWER
     assert [result.name for result in parse_lab_results(answer)] == ["Hemoglobin"]
+
+
+@pytest.mark.parametrize(
+    ("prior_report", "context"),
+    [(None, None), (REPORT_ANSWER, None), ("Small right effusion.", "Follow-up of pneumonia.")],
+)
+def test_longitudinal_prompt_gives_the_fixed_comparison(
+    engine: TransformersEngine, prior_report: str | None, context: str | None
+) -> None:
+    pairs = [(_noise(11), _noise(12, (700, 700), "RGB")), (_gradient(), _noise(13, (300, 420)))]
+    for prior, current in pairs:
+        prompt = prompts.cxr_longitudinal_prompt(
+            prior, current, prior_report=prior_report, context=context
+        )
+        answer = engine.generate(prompt)
+        assert answer == LONGITUDINAL_ANSWER
+    assert parse_longitudinal(answer) == Comparison(
+        summary="Compared with the prior image, the right lower lobe opacity has decreased.",
+        verdicts=[
+            FindingVerdict(finding="right lower lobe opacity", verdict="improved"),
+            FindingVerdict(finding="heart size", verdict="stable"),
+        ],
+    )
+
+
+def test_longitudinal_prompt_is_prior_current_then_the_notebook_text(
+    engine: TransformersEngine,
+) -> None:
+    prior, current = _noise(21, (96, 96)), _gradient(96, 80)
+    notebook = (
+        "Provide a comparison of these two images and include details from the image which "
+        "students should take note of when reading longitudinal CXR"
+    )
+    prompt = prompts.cxr_longitudinal_prompt(
+        prior, current, prior_report="FINDINGS: Right lower lobe\nopacity.", context="Fever."
+    )
+    assert prompt.system is None
+    assert prompt.max_new_tokens == prompts.LONGITUDINAL_MAX_NEW_TOKENS == 600
+    assert prompt.content[:2] == (prior, current)  # no per-image labels
+    (text,) = prompt.content[2:]
+    assert text == (
+        'After looking at the indication and patient history "Fever."... '
+        'The report of the prior image was: "FINDINGS: Right lower lobe opacity.". '
+        + notebook
+        + "\n\n"
+        + prompts.LONGITUDINAL_VERDICT_INSTRUCTION
+    )
+    assert '"FINDING: <finding> | <verdict>"' in prompts.LONGITUDINAL_VERDICT_INSTRUCTION
+    for verdict in ("Improved", "Stable", "Worsened"):
+        assert verdict in prompts.LONGITUDINAL_VERDICT_INSTRUCTION
+    bare = prompts.cxr_longitudinal_prompt(prior, current, prior_report="  \n", context=None)
+    assert bare.content[2] == notebook + "\n\n" + prompts.LONGITUDINAL_VERDICT_INSTRUCTION
+    inputs = engine.inputs(prompt)
+    ids = inputs["input_ids"][0].tolist()
+    tokenizer = engine._processor.tokenizer
+    assert ids.count(tokenizer.image_token_id) == 2 * TOKENS_PER_IMAGE
+    assert tuple(inputs["pixel_values"].shape) == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    decoded = tokenizer.decode(ids)
+    assert decoded.startswith("<bos><start_of_turn>user\n\n\n<start_of_image>")
+    assert decoded.endswith(text + "<end_of_turn>\n<start_of_turn>model\n")
 
 
 def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> None:
@@ -503,6 +567,42 @@ def test_lab_results_are_read_bare_and_normalised() -> None:
 def test_lab_parser_names_what_is_wrong(answer: str, message: str) -> None:
     with pytest.raises(AnswerError, match=message):
         parse_lab_results(answer)
+
+
+def test_longitudinal_verdicts_are_read_in_either_form() -> None:
+    answer = (
+        "trace<unused95>The effusion is larger.\n"
+        "finding: Pleural effusion | WORSENED\n"
+        "- **FINDING:** heart size | (B) Stable\n"
+        "FINDING: nodule | A\n"
+        "Pneumothorax: (A) Improved\n"
+        "Edema - (c) worsened.\n"
+        "The lines are: unchanged."
+    )
+    comparison = parse_longitudinal(answer)
+    assert comparison.summary == "The effusion is larger.\nThe lines are: unchanged."
+    assert comparison.verdicts == [
+        FindingVerdict("Pleural effusion", "worsened"),
+        FindingVerdict("heart size", "stable"),
+        FindingVerdict("nodule", "improved"),
+        FindingVerdict("Pneumothorax", "improved"),
+        FindingVerdict("Edema", "worsened"),
+    ]
+    assert comparison.unread == ()
+
+
+def test_longitudinal_answer_without_verdicts_keeps_the_text() -> None:
+    assert parse_longitudinal("  No interval change.\n") == Comparison(
+        summary="No interval change.", verdicts=[]
+    )
+    odd = "Better.\nFINDING: effusion | Resolved\nFINDING: heart | (A) Worsened"
+    comparison = parse_longitudinal(odd)
+    assert comparison.verdicts == []
+    assert comparison.summary == odd  # unreadable verdict lines are kept, and named
+    assert comparison.unread == ("FINDING: effusion | Resolved", "FINDING: heart | (A) Worsened")
+    for empty in ("", " \n ", "a trace<unused95>  "):
+        with pytest.raises(AnswerError, match="longitudinal answer is empty"):
+            parse_longitudinal(empty)
 
 
 def test_wsi_description_must_not_be_empty() -> None:

@@ -15,8 +15,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings, Peer
-from node.store.ingest import Ingest
+from node.priors.cache import PriorCache, write_instance
+from node.store.ingest import Ingest, read_wire_header
 from node.store.meta import InvalidInstance, UnreadableData
+from node.store.part10 import part10_prefix
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,13 @@ def _requestor(event: Any) -> tuple[str, str]:
 
 
 class StorageSCP:
-    def __init__(self, settings: NodeSettings, ingest: Ingest) -> None:
+    def __init__(
+        self, settings: NodeSettings, ingest: Ingest, prior_cache: PriorCache | None = None
+    ) -> None:
         self.settings = settings
         self.ingest = ingest
+        # Instances our own C-MOVE asked for are priors: cached, never new work.
+        self.prior_cache = prior_cache
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs
         self.ae.maximum_associations = 32
@@ -95,6 +101,31 @@ class StorageSCP:
             )
             self._reject(event, CALLING_AE_NOT_RECOGNIZED)
 
+    def _file_prior(self, event: Any, sop_uid: str, calling: str) -> int:
+        assert self.prior_cache is not None
+        request = event.request
+        transfer_syntax = event.context.transfer_syntax
+        try:
+            header = read_wire_header(request.DataSet, transfer_syntax)
+        except InvalidInstance as e:
+            log.error("prior instance %s from %s refused: %s", sop_uid, calling, e)
+            return CANNOT_UNDERSTAND
+        study_uid = str(header.get("StudyInstanceUID", ""))
+        directory = self.prior_cache.study_dir(study_uid)
+        if not directory.is_dir():
+            # Only a retrieval in progress prepares its directory; a late or unasked
+            # C-MOVE'd instance is refused rather than filed as new work.
+            log.warning(
+                "refused C-MOVE'd %s from %s: no retrieval of study %s is waiting",
+                sop_uid,
+                calling,
+                study_uid,
+            )
+            return DATASET_DOES_NOT_MATCH_SOP_CLASS
+        prefix = part10_prefix(str(request.AffectedSOPClassUID), sop_uid, transfer_syntax, calling)
+        write_instance(directory, sop_uid, prefix + request.DataSet.getvalue())
+        return SUCCESS
+
     @staticmethod
     def _reject(event: Any, reason: int) -> None:
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
@@ -108,6 +139,9 @@ class StorageSCP:
     def _on_store(self, event: Any) -> int:
         calling, address = _requestor(event)
         sop_uid = str(event.request.AffectedSOPInstanceUID)
+        originator = str(event.request.MoveOriginatorApplicationEntityTitle or "").strip()
+        if self.prior_cache is not None and originator == self.settings.ae_title:
+            return self._file_prior(event, sop_uid, calling)
         try:
             request = event.request
             meta, filed = self.ingest.accept_received(

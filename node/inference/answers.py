@@ -1,5 +1,5 @@
-"""Reading MedGemma's answers: thinking trace, "Final Answer:", boxes, report sections, WSI
-descriptions and lab tests.
+"""Reading MedGemma's answers: thinking trace, "Final Answer:", boxes, report sections,
+longitudinal comparisons, WSI descriptions and lab tests.
 
 Each parser validates the answer once, here, and says what was wrong with it.
 """
@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal, get_args
 
 # MedGemma 1.5 ends an optional thinking trace with this token.
 THINKING_END = "<unused95>"
@@ -112,6 +113,106 @@ def _box(item: object, index: int) -> Box:
             f"0 <= x0 < x1 <= {BOX_SCALE}, got {coords!r}"
         )
     return Box(label=label, y0=y0, x0=x0, y1=y1, x1=x1)
+
+
+# --- longitudinal chest X-ray ------------------------------------------------------------------
+
+Verdict = Literal["improved", "stable", "worsened"]
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+# MS-CXR-T's answer options: (A) Improved, (B) Stable, (C) Worsened.
+VERDICT_LETTERS: dict[str, Verdict] = {"a": "improved", "b": "stable", "c": "worsened"}
+_VERDICT_WORDS: dict[str, Verdict] = {verdict: verdict for verdict in VERDICTS}
+
+# "FINDING: <name> | <verdict>", as the prompt asks; the verdict is read by _verdict.
+_FINDING_LINE = re.compile(r"^FINDING\s*:\s*(?P<name>[^|]*?)\s*\|\s*(?P<verdict>.*?)\s*$", re.I)
+# "<name>: (A) Improved" (or "|", "-" before the letter): MS-CXR-T's lettered form, read
+# only with both letter and word, so ordinary prose is never taken for a verdict.
+_LETTERED_LINE = re.compile(
+    r"^(?P<name>[^|:]+?)\s*[:|\-\u2013]\s*(?P<verdict>\([abc]\)\s*(?:improved|stable|worsened))"
+    r"\W*$",
+    re.I,
+)
+# A verdict: "Improved", "(A) Improved", "(A)", "A", with an optional full stop.
+_VERDICT = re.compile(
+    r"^(?:\(?(?P<letter>[abc])\)?[.:]?(?:\s+|$))?(?P<word>improved|stable|worsened)?\s*\.?$", re.I
+)
+_MARKUP = "*_`"  # Markdown emphasis the model may wrap a line or a word in
+_BULLETS = "-*\u2022 \t"
+
+
+@dataclass(frozen=True)
+class FindingVerdict:
+    """One finding's change from the prior image to the current one."""
+
+    finding: str
+    verdict: Verdict
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A longitudinal answer: the free-text comparison and the per-finding verdicts.
+
+    ``summary`` is the answer without its verdict lines. ``unread`` holds the lines
+    that started as a verdict (``FINDING: ... | ...``) but whose verdict is none of
+    Improved, Stable, Worsened, or whose letter and word disagree; they also stay in
+    the summary, so nothing the model wrote is lost.
+    """
+
+    summary: str
+    verdicts: list[FindingVerdict]
+    unread: tuple[str, ...] = ()
+
+
+def _verdict(text: str) -> Verdict | None:
+    """The verdict of "Improved", "(A) Improved", "(A)" or "A"; None if unreadable."""
+    match = _VERDICT.match(text.strip(_MARKUP + " "))
+    if match is None or not (match["letter"] or match["word"]):
+        return None
+    by_letter = VERDICT_LETTERS[match["letter"].lower()] if match["letter"] else None
+    by_word = _VERDICT_WORDS[match["word"].lower()] if match["word"] else None
+    if by_letter and by_word and by_letter != by_word:
+        return None
+    return by_letter or by_word
+
+
+def _verdict_line(line: str) -> tuple[FindingVerdict | None, bool]:
+    """(the verdict, whether the line has a verdict's form) for one line of the answer."""
+    plain = line.replace("**", "").lstrip(_BULLETS).strip()
+    match = _FINDING_LINE.match(plain) or _LETTERED_LINE.match(plain)
+    if match is None:
+        return None, False
+    name = match["name"].strip(_MARKUP + " ")
+    verdict = _verdict(match["verdict"])
+    if not name or verdict is None:
+        return None, True
+    return FindingVerdict(finding=name, verdict=verdict), True
+
+
+def parse_longitudinal(text: str) -> Comparison:
+    """The comparison and per-finding verdicts of a longitudinal answer.
+
+    Verdict lines are ``FINDING: <name> | <Improved|Stable|Worsened>`` as the prompt
+    asks, the verdict optionally with MS-CXR-T's letter ("(A) Improved", or the letter
+    alone); also ``<name>: (A) Improved``. Case, bullets and bold are ignored. An
+    answer with no verdict lines gives no verdicts; an empty answer raises
+    :class:`AnswerError`.
+    """
+    answer = strip_thinking(text)
+    if not answer:
+        raise AnswerError("the longitudinal answer is empty")
+    verdicts: list[FindingVerdict] = []
+    unread: list[str] = []
+    kept: list[str] = []
+    for line in answer.splitlines():
+        verdict, has_form = _verdict_line(line)
+        if verdict is not None:
+            verdicts.append(verdict)
+            continue
+        if has_form:
+            unread.append(line.strip())
+        kept.append(line)
+    summary = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+    return Comparison(summary=summary, verdicts=verdicts, unread=tuple(unread))
 
 
 # --- whole-slide images --------------------------------------------------------------------

@@ -57,6 +57,29 @@ LOCALIZE_PROMPT = (
     '"box_2d" and "label" key. Answer:'
 )
 
+# Longitudinal chest X-ray: the notebook's prompt, verbatim as MEDGEMMA.md quotes it (no
+# final full stop). One user turn, prior image then current image then the text, with no
+# per-image labels and no system turn: MEDGEMMA.md gives the layout as one user turn, and
+# the public code that copies the notebook sends only a user message; the report prompt's
+# "You are an expert radiologist." system turn is the quick-start's, not this notebook's.
+LONGITUDINAL_INSTRUCTION = (
+    "Provide a comparison of these two images and include details from the image which "
+    "students should take note of when reading longitudinal CXR"
+)
+# The node's additions, not the notebook's. The prior image's report (the node's own
+# earlier findings) goes in front of the instruction, as the indication does in the
+# evaluation prompts; flattened to one line so it stays inside its quotes.
+LONGITUDINAL_PRIOR_REPORT = 'The report of the prior image was: "{report}". '
+# A per-finding verdict after the free-text comparison, one line a finding, so the node
+# can code the change. The three words are MS-CXR-T's answer options, whose evaluation
+# asks for "(A) Improved", "(B) Stable" or "(C) Worsened"; the letters are left out of the
+# asked form (the parser takes them too). Separated from the notebook text by a blank
+# line, so the official sentence stays unchanged and on its own.
+LONGITUDINAL_VERDICT_INSTRUCTION = (
+    "After the comparison, give a verdict for each finding on its own line, in the form "
+    '"FINDING: <finding> | <verdict>", where <verdict> is one of Improved, Stable or Worsened.'
+)
+
 # Whole-slide images. The instruction's wording, as far as it is known:
 # - "provide a brief descriptive text for the set of pathology patches extracted from a
 #   pathology slide. Consider the tissue type and procedure (below)" and the line
@@ -105,6 +128,9 @@ MAX_LAB_REPORT_PAGES = 85
 REPORT_MAX_NEW_TOKENS = 600
 VOLUME_MAX_NEW_TOKENS = 2000
 LOCALIZE_MAX_NEW_TOKENS = 1000
+# The longitudinal notebook's value. Not in DEFAULT_MAX_NEW_TOKENS until config.Task names
+# the task (Task.CXR_LONGITUDINAL); the lead wires it there.
+LONGITUDINAL_MAX_NEW_TOKENS = 600
 # No official notebook value for these two. A WSI answer is a final-diagnosis line or a
 # few sentences; a lab report's JSON takes ~60-80 tokens per test, so 4096 holds ~50
 # tests and stays inside the model's 8192-token output limit.
@@ -113,6 +139,7 @@ LAB_REPORT_MAX_NEW_TOKENS = 4096
 
 DEFAULT_MAX_NEW_TOKENS: dict[Task, int] = {
     Task.CXR_REPORT: REPORT_MAX_NEW_TOKENS,
+    Task.CXR_LONGITUDINAL: LONGITUDINAL_MAX_NEW_TOKENS,
     Task.CT_VOLUME: VOLUME_MAX_NEW_TOKENS,
     Task.MR_VOLUME: VOLUME_MAX_NEW_TOKENS,
     Task.WSI: WSI_MAX_NEW_TOKENS,
@@ -192,6 +219,32 @@ def cxr_localize_prompt(
         )
     text = LOCALIZE_PROMPT.format(finding=finding.strip())
     return Prompt(system=None, content=(image, text), max_new_tokens=max_new_tokens)
+
+
+def cxr_longitudinal_prompt(
+    prior: Image.Image,
+    current: Image.Image,
+    *,
+    prior_report: str | None = None,
+    context: str | None = None,
+    max_new_tokens: int = LONGITUDINAL_MAX_NEW_TOKENS,
+) -> Prompt:
+    """The longitudinal notebook's prompt: prior image, current image, then the text.
+
+    The text is, in order: the clinical ``context`` in the evaluation form, the
+    ``prior_report`` (the node's earlier findings for the prior image), the notebook's
+    instruction verbatim, and after a blank line the node's request for one
+    ``FINDING: <finding> | <Improved|Stable|Worsened>`` line a finding. A missing or
+    blank ``context`` or ``prior_report`` is left out.
+    """
+    text = LONGITUDINAL_INSTRUCTION
+    report = " ".join(prior_report.split()) if prior_report is not None else ""
+    if report:
+        text = LONGITUDINAL_PRIOR_REPORT.format(report=report) + text
+    # One text part: the chat template trims and concatenates adjacent text parts with
+    # no separator, so the blank line must be inside the string.
+    text = _with_context(text, context) + "\n\n" + LONGITUDINAL_VERDICT_INSTRUCTION
+    return Prompt(system=None, content=(prior, current, text), max_new_tokens=max_new_tokens)
 
 
 def _label_or_unknown(value: str | None) -> str:

@@ -70,12 +70,19 @@ LAB_ANSWER = (
     '"panel": "CBC", "method": null, "specimen": "Blood", '
     '"sample_collection_time": "01-02-2026 08:30:00"}]\n```'
 )
+# A comparison, then one verdict line a finding in the form the prompt asks for.
+LONGITUDINAL_ANSWER = (
+    "Compared with the prior image, the right lower lobe opacity has decreased.\n"
+    "FINDING: right lower lobe opacity | Improved\n"
+    "FINDING: heart size | Stable"
+)
 ANSWERS: dict[str, str] = {  # by task, as the marker file lists them
     "report": REPORT_ANSWER,
     "volume": VOLUME_ANSWER,
     "localize": LOCALIZE_ANSWER,
     "wsi": WSI_ANSWER,
     "lab-report": LAB_ANSWER,
+    "longitudinal": LONGITUDINAL_ANSWER,
 }
 
 # MedGemma's image processing, unchanged, so the imaging code's output is treated identically.
@@ -256,6 +263,9 @@ def _tokenizer_corpus() -> Iterator[str]:
     yield prompts.CONTEXT_PREFIX
     yield prompts.WSI_INSTRUCTION
     yield prompts.LAB_REPORT_PROMPT
+    yield prompts.LONGITUDINAL_INSTRUCTION
+    yield prompts.LONGITUDINAL_PRIOR_REPORT
+    yield prompts.LONGITUDINAL_VERDICT_INSTRUCTION
     yield " ".join([*_TISSUES, *_PROCEDURES, prompts.WSI_UNKNOWN])
     yield " ".join(prompts.VOLUME_SLICE_LABEL.format(number=n) for n in range(1, 100))
     yield "user\nmodel\n\n" + " ".join(_WORDS) + " " + " ".join(_FINDINGS)
@@ -444,6 +454,17 @@ def _task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]
     for _ in range(count):
         pages = [_random_image(rng) for _ in range(rng.choice([1, 2, 3, 8]))]
         yield prompts.lab_report_prompt(pages), LAB_ANSWER
+    for _ in range(count):
+        prior_report = rng.choice([None, REPORT_ANSWER, _random_context(rng)])
+        yield (
+            prompts.cxr_longitudinal_prompt(
+                _random_image(rng),
+                _random_image(rng),
+                prior_report=prior_report,
+                context=_random_context(rng),
+            ),
+            LONGITUDINAL_ANSWER,
+        )
 
 
 def _training_examples(

@@ -21,18 +21,26 @@ from node.config import ImagingSettings, Task
 from node.imaging.context import ClinicalContext, clinical_context
 from node.imaging.document import document_to_pages
 from node.imaging.errors import ImagingError
-from node.imaging.radiograph import radiograph_to_image
+from node.imaging.radiograph import RadiographImage, radiograph_to_image
 from node.imaging.volume import series_to_volume_input
 from node.imaging.wsi import wsi_to_patches
-from node.inference.answers import AnswerError, LabResult, parse_lab_results, parse_wsi_description
+from node.inference.answers import (
+    AnswerError,
+    LabResult,
+    parse_lab_results,
+    parse_longitudinal,
+    parse_wsi_description,
+)
 from node.inference.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
+    cxr_longitudinal_prompt,
     cxr_report_prompt,
     lab_report_prompt,
     volume_prompt,
     wsi_prompt,
 )
 from node.inference.request import Engine, Prompt
+from node.priors.lookup import PriorLookup
 from node.results.sr import build_findings_sr
 
 log = logging.getLogger(__name__)
@@ -55,6 +63,7 @@ class TaskInput:
     save_inputs: Path | None = None
     max_new_tokens: int | None = None  # None: the task's official default
     imaging: ImagingSettings = field(default_factory=ImagingSettings)
+    priors: PriorLookup | None = None  # None: no prior is looked for
 
     @property
     def token_limit(self) -> int:
@@ -74,7 +83,8 @@ def _view_rank(ds: Dataset) -> int:
     return order.get(str(ds.get("ViewPosition", "")).upper(), 2)
 
 
-def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
+def _frontal_radiograph(job: TaskInput) -> tuple[Dataset, RadiographImage, list[str]]:
+    """The image a report is written on: PA, then AP, then any that converts."""
     candidates: list[Dataset] = []
     notes: list[str] = []
     for series_uid, paths in job.series.items():
@@ -86,49 +96,90 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     if not candidates:
         raise InputError("no readable radiograph in the routed series; " + "; ".join(notes))
     candidates.sort(key=_view_rank)
-    errors: list[str] = []
     for ds in candidates:
         try:
-            radiograph = radiograph_to_image(ds)
+            return ds, radiograph_to_image(ds), notes
         except ImagingError as e:
-            errors.append(str(e))
-            continue
-        context = clinical_context(ds)
+            notes.append(str(e))
+    raise InputError("no radiograph could be turned into a model input: " + "; ".join(notes))
+
+
+def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
+    """A report on the frontal image; a comparison when the patient's prior can be had."""
+    ds, radiograph, notes = _frontal_radiograph(job)
+    context = clinical_context(ds)
+    context_text = context.text if context else None
+    prior = job.priors.find(ds) if job.priors is not None else None
+    prior_radiograph = None
+    if prior is not None and prior.image is not None:
+        try:
+            prior_radiograph = radiograph_to_image(prior.image)
+        except ImagingError as e:
+            notes.append(f"prior image unusable, single-study report: {e}")
+    meta: dict[str, object] = {
+        "task": job.task.value,
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "series_instance_uid": str(ds.SeriesInstanceUID),
+        "window": radiograph.window,
+        "padding": {"top": radiograph.pad_top, "left": radiograph.pad_left},
+        "source_size": [radiograph.source_rows, radiograph.source_columns],
+        **_context_record(context),
+    }
+    record: dict[str, object] = {
+        "image": str(ds.SOPInstanceUID),
+        "view": str(ds.get("ViewPosition", "")),
+        "notes": notes + list(radiograph.notes),
+        **_context_record(context),
+        **(prior.record if prior is not None else {}),
+    }
+    if prior is None or prior.image is None or prior_radiograph is None:
         prompt = cxr_report_prompt(
-            radiograph.image,
-            context=context.text if context else None,
-            max_new_tokens=job.token_limit,
+            radiograph.image, context=context_text, max_new_tokens=job.token_limit
         )
-        findings = _generate(
-            engine,
-            prompt,
-            job.save_inputs,
-            meta={
-                "task": job.task.value,
-                "sop_instance_uid": str(ds.SOPInstanceUID),
-                "series_instance_uid": str(ds.SeriesInstanceUID),
-                "window": radiograph.window,
-                "padding": {"top": radiograph.pad_top, "left": radiograph.pad_left},
-                "source_size": [radiograph.source_rows, radiograph.source_columns],
-                **_context_record(context),
-            },
-        )
+        findings = _generate(engine, prompt, job.save_inputs, meta=meta)
         sr = build_findings_sr(
             [ds],
             findings,
-            task=job.task.value,
+            task=Task.CXR_REPORT.value,
             model_label=engine.label,
             is_test_model=engine.is_test_model,
-            context_used=context.text if context else None,
+            context_used=context_text,
         )
-        record: dict[str, object] = {
-            "image": str(ds.SOPInstanceUID),
-            "view": str(ds.get("ViewPosition", "")),
-            "notes": notes + errors + list(radiograph.notes),
-            **_context_record(context),
-        }
-        return TaskOutcome(results=[sr], record=record)
-    raise InputError("no radiograph could be turned into a model input: " + "; ".join(errors))
+        return TaskOutcome(results=[sr], record={**record, "comparison": False})
+    prior_report = "\n".join(prior.reports) or None
+    prompt = cxr_longitudinal_prompt(
+        prior_radiograph.image,
+        radiograph.image,
+        prior_report=prior_report,
+        context=context_text,
+        max_new_tokens=job.token_limit,
+    )
+    meta["prior_image"] = str(prior.image.SOPInstanceUID)
+    answer = _generate(engine, prompt, job.save_inputs, meta=meta)
+    try:
+        comparison = parse_longitudinal(answer)
+    except AnswerError as e:
+        raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
+    verdicts = [f"{v.finding}: {v.verdict.capitalize()}" for v in comparison.verdicts]
+    sr = build_findings_sr(
+        [ds],
+        comparison.summary,
+        task=Task.CXR_LONGITUDINAL.value,
+        model_label=engine.label,
+        is_test_model=engine.is_test_model,
+        context_used=context_text,
+        finding_items=[f"Compared with the prior study: {v}" for v in verdicts],
+        prior_sources=[prior.image],
+    )
+    return TaskOutcome(
+        results=[sr],
+        record={
+            **record,
+            "comparison": True,
+            "verdicts": verdicts,
+            "prior_report_used": prior_report is not None,
+        },
+    )
 
 
 def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
@@ -360,6 +411,7 @@ def save_model_inputs(prompt: Prompt, out_dir: Path, meta: dict[str, object]) ->
 
 RUNNERS: dict[Task, Callable[[TaskInput, Engine], TaskOutcome]] = {
     Task.CXR_REPORT: run_cxr_report,
+    Task.CXR_LONGITUDINAL: run_cxr_report,
     Task.CT_VOLUME: run_volume,
     Task.MR_VOLUME: run_volume,
     Task.WSI: run_wsi,

@@ -18,6 +18,7 @@ from node.config import Settings, Task
 from node.dispatch.deliver import deliver, save_results
 from node.inference.request import Engine
 from node.pipeline.tasks import InputError, TaskInput, run_task
+from node.priors.lookup import PriorLookup
 from node.store.index import Index
 from node.store.models import Job, JobState, utcnow
 
@@ -139,12 +140,14 @@ class Worker:
             for uid, files in self.index.instance_paths(job.series_uids).items()
         }
         save_inputs = self.inputs_root / f"job-{job.id}" if job.save_inputs else None
+        task = Task(job.task)
         task_input = TaskInput(
-            Task(job.task),
+            task,
             series,
             save_inputs,
             self.settings.model.max_new_tokens,
             self.settings.imaging,
+            self._prior_lookup(task),
         )
         outcome = run_task(task_input, self.engine)
         paths = save_results(outcome.results, self.results_root / f"job-{job.id}")
@@ -156,6 +159,18 @@ class Worker:
         if not self.index.update_job(job.id, self.id, result_paths=paths, record=record):
             raise RuntimeError(f"lost the lease on job {job.id} while it ran")
         return paths
+
+    def _prior_lookup(self, task: Task) -> PriorLookup | None:
+        pacs, priors = self.settings.pacs, self.settings.priors
+        wanted = task in priors.tasks or task is Task.CXR_LONGITUDINAL
+        if pacs is None or not priors.enabled or not wanted:
+            return None
+        return PriorLookup(
+            pacs=pacs,
+            settings=priors,
+            calling_ae=self.settings.node.ae_title,
+            cache_root=self.settings.node.data_dir / "priors",
+        )
 
     def _retry_or_fail(self, job: Job, error: str) -> None:
         if job.attempts >= self.settings.node.max_attempts:

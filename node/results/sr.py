@@ -78,6 +78,7 @@ def build_findings_sr(
     instance_number: int = 1,
     context_used: str | None = None,
     finding_items: Sequence[str] = (),
+    prior_sources: Sequence[Dataset] = (),
     manufacturer: str = MANUFACTURER,
     software_version: str = __version__,
     series_instance_uid: str | None = None,
@@ -103,6 +104,11 @@ def build_findings_sr(
         Numbers of the new series and of this instance in it.
     context_used:
         Clinical context given to the model, recorded when not empty.
+    finding_items:
+        Further findings, one TEXT item each (a lab test, a per-finding verdict).
+    prior_sources:
+        Instances of an earlier study the model compared with; cited as source
+        images and, being another study, listed as Pertinent Other Evidence.
     manufacturer, software_version:
         General Equipment values for this node.
     series_instance_uid, sop_instance_uid:
@@ -123,9 +129,9 @@ def build_findings_sr(
     _check_text("model_label", model_label)
     _check_single_study(sources)
     created = now if now is not None else datetime.datetime.now()
-    evidence = [_evidence_header(ds) for ds in sources]
+    evidence = [_evidence_header(ds) for ds in [*sources, *prior_sources]]
     root = _root_container(
-        sources,
+        [*sources, *prior_sources],
         findings,
         task=task,
         model_label=model_label,

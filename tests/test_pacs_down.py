@@ -62,6 +62,9 @@ def test_result_is_delivered_when_the_pacs_comes_back(
         node.stop()
     job = index.jobs()[0]
     assert job.delivered and job.attempts >= 2
+    # the prior search met the same stopped PACS: a single-study report, and the reason
+    assert job.record is not None and job.record["comparison"] is False
+    assert str(job.record["prior_note"]).startswith("no prior searched")
     # the rule asked to keep what the model saw
     inputs = tmp_path / "node-data" / "inputs" / f"job-{job.id}"
     assert (inputs / "000.png").exists() and "Describe this X-ray." in (

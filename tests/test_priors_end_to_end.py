@@ -74,11 +74,18 @@ def test_current_study_is_compared_with_the_prior(
             lambda: _sr_of_study(orthanc, current_uid), timeout=180, what="the comparison SR"
         )
         (job,) = [j for j in index.jobs(current_uid) if j.state == JobState.DONE]
+        (prior_job,) = [j for j in index.jobs(prior_uid) if j.state == JobState.DONE]
     except TimeoutError:
         pytest.fail(f"timed out; node log:\n{node.log()}")
     finally:
         node.stop()
         index.close()
+    # The prior itself had nothing earlier (the same-name patient's study doesn't count):
+    # a single-study report, and the record says why.
+    prior_record: dict[str, Any] = prior_job.record or {}
+    assert prior_record["comparison"] is False
+    assert prior_record["prior_note"] == "no prior study qualifies"
+    assert any(prior_uid in r for r in prior_record["prior_reasons"])  # itself, rejected
     record: dict[str, Any] = job.record or {}
     assert record["prior_study"] == prior_uid  # not the same-name other patient
     assert record["comparison"] is True

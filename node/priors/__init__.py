@@ -8,7 +8,6 @@ from node.priors.cache import PriorCache, write_instance
 from node.priors.choose import PriorChoice, choose_prior, choose_prior_image, modality_family
 from node.priors.find import find_candidate_studies
 from node.priors.retrieve import (
-    fetch_prior_reports,
     prior_report_texts,
     retrieve_prior,
     retrieve_study,
@@ -22,7 +21,6 @@ __all__ = [
     "PriorsUnavailable",
     "choose_prior",
     "choose_prior_image",
-    "fetch_prior_reports",
     "find_candidate_studies",
     "modality_family",
     "prior_report_texts",

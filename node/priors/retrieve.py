@@ -54,7 +54,6 @@ from node.priors.study import PriorsUnavailable, require_context
 __all__ = [
     "GET_STORAGE_CLASSES",
     "RetrieveMethod",
-    "fetch_prior_reports",
     "prior_report_texts",
     "retrieve_prior",
     "retrieve_study",
@@ -207,36 +206,6 @@ def prior_report_texts(paths: Sequence[Path], *, manufacturer: str = MANUFACTURE
         reports.append((stamp, list(_finding_texts(ds.get("ContentSequence", [])))))
     reports.sort(key=lambda pair: pair[0])
     return [text for _, texts in reports for text in texts]
-
-
-def fetch_prior_reports(
-    study_uid: str,
-    *,
-    pacs: PacsSettings,
-    calling_ae: str,
-    dest: Path,
-    method: RetrieveMethod = "auto",
-    timeout: float,
-    move_destination: str | None = None,
-    manufacturer: str = MANUFACTURER,
-) -> list[str]:
-    """The node's own earlier findings in ``study_uid``: retrieve it, then read its SRs.
-
-    The prior's images are needed anyway for the comparison, so one retrieval serves both.
-    """
-    files = retrieve_study(
-        study_uid,
-        pacs=pacs,
-        calling_ae=calling_ae,
-        dest=dest,
-        method=method,
-        timeout=timeout,
-        move_destination=move_destination,
-    )
-    return prior_report_texts(files, manufacturer=manufacturer)
-
-
-# --- transports ------------------------------------------------------------------
 
 
 def _wado(study_uid: str, *, pacs: PacsSettings, dest: Path, timeout: float) -> list[Path]:

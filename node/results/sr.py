@@ -129,7 +129,7 @@ def build_findings_sr(
     _check_text("model_label", model_label)
     _check_single_study(sources)
     created = now if now is not None else datetime.datetime.now()
-    evidence = [_evidence_header(ds) for ds in [*sources, *prior_sources]]
+    evidence = [evidence_header(ds) for ds in [*sources, *prior_sources]]
     root = _root_container(
         [*sources, *prior_sources],
         findings,
@@ -157,7 +157,7 @@ def build_findings_sr(
         institution_name=first.get("InstitutionName") or None,
         series_description=series_description(is_test_model=is_test_model),
         software_versions=software_version,
-        specific_character_set=_character_set(
+        specific_character_set=character_set(
             first, findings, task, model_label, context_used or "", manufacturer, *finding_items
         ),
         content_date=created.date(),
@@ -228,7 +228,7 @@ def _check_single_study(sources: Sequence[Dataset]) -> None:
         )
 
 
-def _evidence_header(source: Dataset) -> Dataset:
+def evidence_header(source: Dataset) -> Dataset:
     """A pixel-free copy of ``source`` with absent Type 2 patient/study
     attributes present but empty, as highdicom expects them.
 
@@ -270,7 +270,7 @@ def _complete_deidentification(sr: Dataset) -> None:
     )
 
 
-def _character_set(first: Dataset, *texts: str) -> str | list[str] | None:
+def character_set(first: Dataset, *texts: str) -> str | list[str] | None:
     """Keep the source's character set unless our own text needs more.
 
     UTF-8 can carry anything the source could (values are decoded to ``str``

@@ -36,7 +36,7 @@ def _engine(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from node.service import NodeService
+    from node.service import NodeService, StartupError
 
     settings = _settings(args.config)
     service = NodeService(settings, verbose=args.verbose)
@@ -47,7 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    service.start()
+    try:
+        service.start()
+    except StartupError as e:
+        print(f"medgemma-node: {e}", file=sys.stderr)
+        service.stop()
+        return 1
     service.wait()
     service.stop()
     if service.failure:

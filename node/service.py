@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as MpEvent
@@ -24,6 +23,10 @@ from node.studies.completeness import CompletenessWatcher, pacs_count_query
 log = logging.getLogger(__name__)
 
 
+class StartupError(Exception):
+    """The node can't start; the message names the setting to change."""
+
+
 class NodeService:
     def __init__(self, settings: Settings, *, verbose: bool = False) -> None:
         self.settings = settings
@@ -41,7 +44,6 @@ class NodeService:
         )
         self.watcher = CompletenessWatcher(settings, self.index, count_query)
         self._stop = threading.Event()
-        self._worker_stop = multiprocessing.get_context("spawn").Event()
         self._watch_thread: threading.Thread | None = None
         self._workers: dict[int, tuple[SpawnProcess, MpEvent]] = {}
         self.failure: str | None = None
@@ -54,7 +56,13 @@ class NodeService:
         self.ingest.reconcile()
         release_dead_local_workers(self.index)
         # Receive first: the PACS may route while the model is still loading.
-        self.scp.start()
+        try:
+            self.scp.start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on DICOM port {self.settings.node.port} "
+                f"(node.port): {e.strerror or e}"
+            ) from e
         self._watch_thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
         self._watch_thread.start()
         for number in range(self.settings.node.workers):
@@ -80,7 +88,7 @@ class NodeService:
         log.info("accepting %s; outputs: %s", peers, ", ".join(self.settings.outputs))
 
     def _start_worker(self, number: int) -> None:
-        self._workers[number] = start_worker(self.settings, number, self._worker_stop, self.verbose)
+        self._workers[number] = start_worker(self.settings, number, self.verbose)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -113,8 +121,9 @@ class NodeService:
 
     def stop(self) -> None:
         self._stop.set()
-        self._worker_stop.set()
         self.scp.stop()
+        for process, _ready in self._workers.values():
+            process.terminate()  # the worker finishes the job in hand, then exits
         for process, _ready in self._workers.values():
             process.join(timeout=30)
             if process.is_alive():

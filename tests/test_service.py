@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -21,3 +22,18 @@ def test_serve_stops_with_a_reason_when_the_model_cannot_load(tmp_path: Path) ->
     assert result.returncode == 1
     assert str(missing) in result.stderr
     assert "could not load the model" in result.stderr
+
+
+def test_serve_names_the_port_when_it_is_taken(tmp_path: Path) -> None:
+    config_path, config = node_config(tmp_path, tmp_path / "model-unused")
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", config["node"]["port"]))
+        taken.listen()
+        result = subprocess.run(
+            [str(NODE_BIN), "serve", "--config", str(config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on DICOM port {config['node']['port']} (node.port)" in result.stderr

@@ -41,11 +41,17 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(
-    settings: Settings, number: int, parent_pid: int, stop: Event, ready: Event, verbose: bool
+    settings: Settings, number: int, parent_pid: int, ready: Event, verbose: bool
 ) -> None:
     _die_with_parent(parent_pid)
     configure_logging(verbose)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    # Stop on SIGTERM (from the parent, or a service manager signalling the whole group)
+    # after the job in hand; Ctrl-C in a terminal is the parent's to handle. The stop flag
+    # is local: a shared multiprocessing.Event deadlocks its setter if a process dies
+    # while waiting on it.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch  # imported here, never in the receiving process
 
     from node.inference.engine import load_engine
@@ -67,14 +73,12 @@ def worker_main(
         index.close()
 
 
-def start_worker(
-    settings: Settings, number: int, stop: Event, verbose: bool
-) -> tuple[SpawnProcess, Event]:
+def start_worker(settings: Settings, number: int, verbose: bool) -> tuple[SpawnProcess, Event]:
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     process = context.Process(
         target=worker_main,
-        args=(settings, number, os.getpid(), stop, ready, verbose),
+        args=(settings, number, os.getpid(), ready, verbose),
         name=f"worker-{number}",
         daemon=True,
     )

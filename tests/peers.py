@@ -246,7 +246,24 @@ class Postgres:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            # runuser doesn't pass signals on to postgres: ask pg_ctl for a fast shutdown.
+            bin_dir = self.BIN if self.BIN.exists() else Path(shutil.which("pg_ctl") or "").parent
+            subprocess.run(
+                self._as_postgres(
+                    [
+                        str(bin_dir / "pg_ctl"),
+                        "stop",
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-D",
+                        str(self.workdir / "pgdata"),
+                    ]
+                ),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:

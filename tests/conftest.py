@@ -13,6 +13,7 @@ import pydicom.config
 import pytest
 import yaml
 
+from node.store.meta import InstanceMeta
 from tests.peers import NODELAY_ENV, Orthanc, Postgres, free_port
 
 # Reading anything the node wrote must pass pydicom's strict checks.
@@ -43,6 +44,27 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     yield server
     server.stop()
     shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+def instance_meta(
+    study_uid: str, sop: int, *, series: int = 1, modality: str = "CR", own: bool = False
+) -> InstanceMeta:
+    """What the index keeps of a CR instance, for tests that file straight into an Index."""
+    return InstanceMeta(
+        study_uid=study_uid,
+        series_uid=f"{study_uid}.{series}",
+        sop_uid=f"{study_uid}.{series}.{sop}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        patient_id="P",
+        accession_number=None,
+        modality=modality,
+        body_part="CHEST",
+        series_description=None,
+        image_type="ORIGINAL\\PRIMARY",
+        calling_ae="MOD",
+        is_own_result=own,
+    )
 
 
 def node_config(tmp_path: Path, model_path: Path, **sections: Any) -> tuple[Path, dict[str, Any]]:

@@ -10,9 +10,8 @@ from sqlalchemy import select
 
 from fixtures.series import make_cr_study
 from node.store.index import Index, PlannedJob
-from node.store.meta import InstanceMeta
 from node.store.models import Job, JobState, Study
-from tests.conftest import node_config, storescu
+from tests.conftest import instance_meta, node_config, storescu
 from tests.peers import NodeProcess, Postgres, wait_for
 
 
@@ -26,27 +25,10 @@ def _claim_all(url: str, worker: str, out: multiprocessing.Queue) -> None:  # ty
     index.close()
 
 
-def _meta(study_uid: str, number: int) -> InstanceMeta:
-    return InstanceMeta(
-        study_uid=study_uid,
-        series_uid=f"{study_uid}.1",
-        sop_uid=f"{study_uid}.1.{number}",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_id="PG",
-        accession_number=None,
-        modality="CR",
-        body_part="CHEST",
-        series_description=None,
-        image_type=None,
-        calling_ae="TEST",
-    )
-
-
 def test_jobs_are_claimed_once_across_processes(postgres: Postgres) -> None:
     index = Index(postgres.url)
     study_uid = "1.2.826.0.1.3680043.8.498.777"
-    index.file_instance(_meta(study_uid, 1), "/nowhere", reopen=True)
+    index.file_instance(instance_meta(study_uid, 1), "/nowhere", reopen=True)
     with index.session() as s:
         study = s.scalars(select(Study).where(Study.study_uid == study_uid)).one()
     planned = [PlannedJob(task="cxr-report", rule=f"r{i}", series_uids=[]) for i in range(60)]

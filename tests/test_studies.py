@@ -13,26 +13,13 @@ from node.store.meta import InstanceMeta
 from node.store.models import JobState, StudyState, utcnow
 from node.studies.completeness import CompletenessWatcher
 from node.studies.routing import SeriesFacts, matches, plan_jobs
+from tests.conftest import instance_meta
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
 def _meta(sop: int, *, series: int = 1, modality: str = "CR", own: bool = False) -> InstanceMeta:
-    return InstanceMeta(
-        study_uid=STUDY,
-        series_uid=f"{STUDY}.{series}",
-        sop_uid=f"{STUDY}.{series}.{sop}",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_id="P",
-        accession_number=None,
-        modality=modality,
-        body_part="CHEST",
-        series_description=None,
-        image_type="ORIGINAL\\PRIMARY",
-        calling_ae="MOD",
-        is_own_result=own,
-    )
+    return instance_meta(STUDY, sop, series=series, modality=modality, own=own)
 
 
 def _setup(tmp_path: Path, policy: str = "rerun") -> tuple[Index, CompletenessWatcher, Settings]:

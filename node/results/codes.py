@@ -22,6 +22,7 @@ __all__ = [
     "CodedFinding",
     "coded_finding",
     "finding_concept",
+    "finding_vocabulary",
 ]
 
 # The fallback value: SNOMED CT "Clinical finding" is the root of all findings,
@@ -134,3 +135,14 @@ def coded_finding(label: str) -> CodedFinding:
 def finding_concept(label: str) -> CodedConcept:
     """The coded concept for ``label``; :data:`FREE_TEXT_FINDING` when none fits."""
     return coded_finding(label).concept
+
+
+def finding_vocabulary() -> dict[str, str]:
+    """Every term coded here, canonical or synonym (lower case) → its canonical label.
+
+    For reading reports: a finding named in prose can only be coded if its words
+    are found, so the text matcher uses exactly the terms ``coded_finding`` knows.
+    """
+    vocabulary = {label: label for label in (*_PYDICOM, *_SNOMED)}
+    vocabulary.update(_SYNONYMS)
+    return vocabulary

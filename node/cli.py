@@ -1,4 +1,7 @@
-"""Command line: ``serve``, ``run`` and ``make-test-model``. Thin: the work is in the packages."""
+"""Command line: ``serve``, ``run``, ``jobs``, ``retry``, ``reprocess``, ``make-test-model``.
+
+Thin: the work is in the packages.
+"""
 
 from __future__ import annotations
 
@@ -112,7 +115,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         save = args.save_inputs / f"{number:03d}-{task.value}" if args.save_inputs else None
         files = {uid: by_series[uid] for uid in series_uids}
         try:
-            outcome = run_task(TaskInput(task, files, save, settings.model.max_new_tokens), engine)
+            task_input = TaskInput(
+                task,
+                files,
+                save,
+                settings.model.max_new_tokens,
+                settings.imaging,
+                localization=settings.localization,
+                outputs=frozenset(settings.outputs),
+            )
+            outcome = run_task(task_input, engine)
         except InputError as e:
             log.error("study %s, task %s: %s", study_uid, task.value, e)
             failures += 1
@@ -120,6 +132,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         for written in save_results(outcome.results, args.out / f"{number:03d}-{task.value}"):
             print(written)
     return 1 if failures else 0
+
+
+def _index(settings: Settings):  # type: ignore[no-untyped-def]
+    from node.store.index import Index
+
+    return Index(settings.node.resolved_database_url)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """One line per job: what a PACS administrator checks first when a result is missing."""
+    index = _index(_settings(args.config))
+    try:
+        jobs = [job for job in index.jobs(args.study) if args.state in (None, job.state)]
+        for job in jobs:
+            study = index.study(job.study_id).study_uid
+            sent = ",".join(job.delivered_to or []) or "-"
+            print(
+                f"{job.id}\t{job.state}\t{job.task}\t{study}\tattempts={job.attempts}"
+                f"\tdelivered_to={sent}\t{job.error or ''}"
+            )
+    finally:
+        index.close()
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    index = _index(_settings(args.config))
+    try:
+        requeued = index.retry_jobs(args.jobs or None)
+    finally:
+        index.close()
+    missing = sorted(set(args.jobs) - set(requeued))
+    if missing:
+        print(
+            "medgemma-node: not re-queued (unknown, or neither undelivered nor failed): "
+            + ", ".join(map(str, missing)),
+            file=sys.stderr,
+        )
+    print(f"re-queued {len(requeued)} job(s): {', '.join(map(str, requeued)) or '-'}")
+    return 1 if missing else 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    index = _index(_settings(args.config))
+    try:
+        created = index.reprocess(args.study)
+    except KeyError as e:
+        print(f"medgemma-node: {e.args[0]}", file=sys.stderr)
+        return 1
+    finally:
+        index.close()
+    print(f"queued {len(created)} job(s) for study {args.study}: {created}")
+    return 0
 
 
 def cmd_make_test_model(args: argparse.Namespace) -> int:
@@ -156,6 +221,26 @@ def parser() -> argparse.ArgumentParser:
         help="write the images, prompt and metadata the model receives here",
     )
     run.set_defaults(func=cmd_run)
+
+    jobs = commands.add_parser("jobs", help="list jobs and their state")
+    jobs.add_argument("--config", type=Path, default=None)
+    jobs.add_argument("--study", default=None, help="only this StudyInstanceUID")
+    jobs.add_argument("--state", default=None, help="e.g. undelivered, failed, queued, done")
+    jobs.set_defaults(func=cmd_jobs)
+
+    retry = commands.add_parser(
+        "retry", help="queue undelivered (dead-lettered) and failed jobs again"
+    )
+    retry.add_argument("jobs", type=int, nargs="*", help="job ids (default: all of them)")
+    retry.add_argument("--config", type=Path, default=None)
+    retry.set_defaults(func=cmd_retry)
+
+    reprocess = commands.add_parser(
+        "reprocess", help="run a study's tasks again; the new report supersedes the old"
+    )
+    reprocess.add_argument("study", help="StudyInstanceUID")
+    reprocess.add_argument("--config", type=Path, default=None)
+    reprocess.set_defaults(func=cmd_reprocess)
 
     make_model = commands.add_parser("make-test-model", help="write the tiny test checkpoint")
     make_model.add_argument("dir", type=Path)

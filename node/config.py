@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -56,8 +63,8 @@ class NodeSettings(_Strict):
     allowed_peers: list[Peer] = Field(default_factory=list)
     # What happens to instances that arrive after a study's job has started.
     late_arrivals: Literal["rerun", "ignore"] = "rerun"
-    max_attempts: int = Field(default=3, ge=1)
-    retry_seconds: float = Field(default=30.0, gt=0)  # first wait after a failed attempt; grows
+    max_attempts: int = Field(default=3, ge=1)  # model runs per job before it is failed
+    retry_seconds: float = Field(default=30.0, gt=0)  # first wait after a failed run; doubles
     workers: int = Field(default=1, ge=1)
 
     @property
@@ -103,6 +110,58 @@ class ImagingSettings(_Strict):
     # Sagittal/coronal/tilted stacks: resample to axial (what the model was trained on)
     # or send them in their own plane, saying so in the job record.
     resample_axial: bool = False
+
+
+class LocalizationSettings(_Strict):
+    """Boxes for chest radiograph findings, asked with the official localization prompt."""
+
+    enabled: bool = True
+    # Empty: the findings the report names (negated ones left out); else always these labels.
+    findings: list[str] = Field(default_factory=list)
+    max_findings: int = Field(default=4, ge=1, le=20)  # one model call each
+
+
+class Destination(_Strict):
+    """A further place results go: by STOW-RS when ``dicomweb_url`` is set, else by C-STORE."""
+
+    name: str = Field(min_length=1)
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: Port | None = None
+    dicomweb_url: str | None = None
+    outputs: list[Output] | None = None  # None: the top-level outputs
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Destination:
+        dimse = (self.ae_title, self.host, self.port)
+        if self.dicomweb_url is None and None in dimse:
+            raise ValueError(
+                f"destination {self.name!r} needs dicomweb_url, or ae_title, host and port"
+            )
+        return self
+
+
+class DeliverySettings(_Strict):
+    """Sending results: retried with a doubling wait, then dead-lettered (re-triable)."""
+
+    max_attempts: int = Field(default=12, ge=1)
+    retry_seconds: float = Field(default=10.0, gt=0)  # first wait; doubles each attempt
+    max_retry_seconds: float = Field(default=600.0, gt=0)
+    # Besides pacs; each name must be unique and is what the job record lists as delivered.
+    destinations: list[Destination] = Field(default_factory=list)
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, destinations: list[Destination]) -> list[Destination]:
+        names = [d.name for d in destinations]
+        if "pacs" in names or len(set(names)) != len(names):
+            raise ValueError("destination names must be unique and not 'pacs'")
+        return destinations
+
+    def wait_after(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed delivery."""
+        return min(self.retry_seconds * 2 ** max(attempts - 1, 0), self.max_retry_seconds)
 
 
 class Match(_Strict):
@@ -163,7 +222,9 @@ class Settings(_Strict):
     pacs: PacsSettings | None = None
     imaging: ImagingSettings = Field(default_factory=ImagingSettings)
     priors: PriorSettings = Field(default_factory=PriorSettings)
-    outputs: list[Output] = Field(default_factory=lambda: [Output.SR])
+    localization: LocalizationSettings = Field(default_factory=LocalizationSettings)
+    outputs: list[Output] = Field(default_factory=lambda: [Output.SR, Output.GSPS])
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     routing: list[Rule] = Field(default_factory=default_routing)
 
     @field_validator("routing")

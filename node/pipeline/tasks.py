@@ -17,7 +17,7 @@ from typing import Literal
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
-from node.config import ImagingSettings, Task
+from node.config import ImagingSettings, LocalizationSettings, Output, Task
 from node.imaging.context import ClinicalContext, clinical_context
 from node.imaging.document import document_to_pages
 from node.imaging.errors import ImagingError
@@ -27,12 +27,16 @@ from node.imaging.wsi import wsi_to_patches
 from node.inference.answers import (
     AnswerError,
     LabResult,
+    parse_boxes,
     parse_lab_results,
     parse_longitudinal,
     parse_wsi_description,
+    report_sections,
+    strip_thinking,
 )
 from node.inference.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
+    cxr_localize_prompt,
     cxr_longitudinal_prompt,
     cxr_report_prompt,
     lab_report_prompt,
@@ -41,7 +45,12 @@ from node.inference.prompts import (
 )
 from node.inference.request import Engine, Prompt
 from node.priors.lookup import PriorLookup
+from node.results.boxes import map_boxes
+from node.results.findings import named_findings
+from node.results.gsps import build_gsps
+from node.results.sc import build_burned_in_sc
 from node.results.sr import build_findings_sr
+from node.results.tid1500 import LocalizedFinding, build_measurement_report
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +73,9 @@ class TaskInput:
     max_new_tokens: int | None = None  # None: the task's official default
     imaging: ImagingSettings = field(default_factory=ImagingSettings)
     priors: PriorLookup | None = None  # None: no prior is looked for
+    localization: LocalizationSettings = field(default_factory=LocalizationSettings)
+    outputs: frozenset[Output] = frozenset({Output.SR, Output.GSPS})  # what someone receives
+    previous_results: tuple[Path, ...] = ()  # result files of the run this one supersedes
 
     @property
     def token_limit(self) -> int:
@@ -105,7 +117,8 @@ def _frontal_radiograph(job: TaskInput) -> tuple[Dataset, RadiographImage, list[
 
 
 def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
-    """A report on the frontal image; a comparison when the patient's prior can be had."""
+    """A report on the frontal image (a comparison when the patient's prior can be had),
+    its findings localized, as a TID 1500 report with a GSPS and a burned-in capture."""
     ds, radiograph, notes = _frontal_radiograph(job)
     context = clinical_context(ds)
     context_text = context.text if context else None
@@ -128,58 +141,127 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     record: dict[str, object] = {
         "image": str(ds.SOPInstanceUID),
         "view": str(ds.get("ViewPosition", "")),
-        "notes": notes + list(radiograph.notes),
         **_context_record(context),
         **(prior.record if prior is not None else {}),
     }
+    verdicts: list[str] = []
+    prior_sources: list[Dataset] = []
     if prior is None or prior.image is None or prior_radiograph is None:
         prompt = cxr_report_prompt(
             radiograph.image, context=context_text, max_new_tokens=job.token_limit
         )
-        findings = _generate(engine, prompt, job.save_inputs, meta=meta)
-        sr = build_findings_sr(
-            [ds],
+        report = _generate(engine, prompt, job.save_inputs, meta=meta)
+        sections = report_sections(report)
+        narrative = sections.get("FINDINGS") or report
+        impression = sections.get("IMPRESSION")
+        record["comparison"] = False
+    else:
+        prior_report = "\n".join(prior.reports) or None
+        prompt = cxr_longitudinal_prompt(
+            prior_radiograph.image,
+            radiograph.image,
+            prior_report=prior_report,
+            context=context_text,
+            max_new_tokens=job.token_limit,
+        )
+        meta["prior_image"] = str(prior.image.SOPInstanceUID)
+        answer = _generate(engine, prompt, job.save_inputs, meta=meta)
+        try:
+            comparison = parse_longitudinal(answer)
+        except AnswerError as e:
+            raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
+        verdicts = [
+            f"Compared with the prior study: {v.finding}: {v.verdict.capitalize()}"
+            for v in comparison.verdicts
+        ]
+        narrative, impression, report = comparison.summary, None, comparison.summary
+        prior_sources = [prior.image]
+        record.update(
+            comparison=True,
+            verdicts=[v.removeprefix("Compared with the prior study: ") for v in verdicts],
+            prior_report_used=prior_report is not None,
+        )
+    findings, localization_notes = _localize(job, engine, radiograph, report)
+    boxes = [f.box for f in findings if f.box is not None]
+    record.update(
+        notes=notes + list(radiograph.notes) + localization_notes,
+        findings=[f.label for f in findings],
+        boxes=[asdict(box) for box in boxes],
+    )
+    results = [
+        build_measurement_report(
+            ds,
             findings,
-            task=Task.CXR_REPORT.value,
+            narrative=narrative,
+            impression=impression,
             model_label=engine.label,
             is_test_model=engine.is_test_model,
+            task=job.task.value if not verdicts else Task.CXR_LONGITUDINAL.value,
+            verdicts=verdicts,
+            prior_sources=prior_sources,
             context_used=context_text,
+            previous_versions=_previous_reports(job),
         )
-        return TaskOutcome(results=[sr], record={**record, "comparison": False})
-    prior_report = "\n".join(prior.reports) or None
-    prompt = cxr_longitudinal_prompt(
-        prior_radiograph.image,
-        radiograph.image,
-        prior_report=prior_report,
-        context=context_text,
-        max_new_tokens=job.token_limit,
-    )
-    meta["prior_image"] = str(prior.image.SOPInstanceUID)
-    answer = _generate(engine, prompt, job.save_inputs, meta=meta)
-    try:
-        comparison = parse_longitudinal(answer)
-    except AnswerError as e:
-        raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
-    verdicts = [f"{v.finding}: {v.verdict.capitalize()}" for v in comparison.verdicts]
-    sr = build_findings_sr(
-        [ds],
-        comparison.summary,
-        task=Task.CXR_LONGITUDINAL.value,
-        model_label=engine.label,
-        is_test_model=engine.is_test_model,
-        context_used=context_text,
-        finding_items=[f"Compared with the prior study: {v}" for v in verdicts],
-        prior_sources=[prior.image],
-    )
-    return TaskOutcome(
-        results=[sr],
-        record={
-            **record,
-            "comparison": True,
-            "verdicts": verdicts,
-            "prior_report_used": prior_report is not None,
-        },
-    )
+    ]
+    if Output.GSPS in job.outputs and boxes:
+        results.append(
+            build_gsps(ds, boxes, model_label=engine.label, is_test_model=engine.is_test_model)
+        )
+    if Output.SC in job.outputs:
+        results.append(
+            build_burned_in_sc(
+                ds,
+                radiograph,
+                boxes,
+                impression=impression or narrative,
+                model_label=engine.label,
+                is_test_model=engine.is_test_model,
+            )
+        )
+    return TaskOutcome(results=results, record=record)
+
+
+def _localize(
+    job: TaskInput, engine: Engine, radiograph: RadiographImage, report: str
+) -> tuple[list[LocalizedFinding], list[str]]:
+    """Ask for boxes of each finding; a finding without a usable box is kept unboxed."""
+    settings = job.localization
+    if settings.findings:
+        labels = list(dict.fromkeys(settings.findings))[: settings.max_findings]
+    else:
+        labels = named_findings(report, limit=settings.max_findings)
+    if not settings.enabled:
+        return [LocalizedFinding(label) for label in labels], []
+    findings: list[LocalizedFinding] = []
+    notes: list[str] = []
+    for number, label in enumerate(labels, start=1):
+        save = job.save_inputs / f"localize-{number}" if job.save_inputs is not None else None
+        prompt = cxr_localize_prompt(radiograph.image, label)
+        answer = _generate(engine, prompt, save, meta={"task": "localize", "finding": label})
+        try:
+            boxes = parse_boxes(strip_thinking(answer))
+        except AnswerError as e:
+            notes.append(f"localization of {label!r}: no usable boxes: {e}")
+            findings.append(LocalizedFinding(label))
+            continue
+        kept, dropped = map_boxes(boxes, radiograph)
+        notes += dropped
+        findings += [LocalizedFinding(label, box) for box in kept] or [LocalizedFinding(label)]
+    return findings, notes
+
+
+def _previous_reports(job: TaskInput) -> list[Dataset]:
+    """The SR documents of the study's earlier run of this task, which this run replaces."""
+    reports: list[Dataset] = []
+    for path in job.previous_results:
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError) as e:
+            log.warning("earlier result %s unreadable, not cited as predecessor: %s", path, e)
+            continue
+        if ds.get("Modality") == "SR":
+            reports.append(ds)
+    return reports
 
 
 def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
@@ -228,6 +310,7 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             model_label=engine.label,
             is_test_model=engine.is_test_model,
             context_used=context.text if context else None,
+            previous_versions=_previous_reports(job),
         )
         record: dict[str, object] = {
             "series": series_uid,

@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from node.config import Settings, Task
-from node.dispatch.deliver import deliver, save_results
+from node.config import Output, Settings, Task
+from node.dispatch.deliver import DeliveryFailed, save_results, send, targets
 from node.inference.request import Engine
 from node.pipeline.tasks import InputError, TaskInput, run_task
 from node.priors.lookup import PriorLookup
@@ -116,7 +116,7 @@ class Worker:
         paths = job.result_paths
         if not paths:
             try:
-                paths = self._infer(job, study.study_uid)
+                paths = self._infer(job)
             except InputError as e:
                 log.error("%s failed: %s", label, e)
                 self._finish(job, JobState.FAILED, error=str(e))
@@ -125,16 +125,64 @@ class Worker:
                 log.exception("%s: attempt %d failed", label, job.attempts)
                 self._retry_or_fail(job, f"{type(e).__name__}: {e}")
                 return
-        try:
-            sent = deliver(paths, self.settings)
-        except Exception as e:
-            log.error("%s: results saved but not delivered: %s", label, e)
-            self._retry_or_fail(job, f"delivery failed: {e}")
-            return
-        log.info("%s done: %d results saved, %d sent to the PACS", label, len(paths), sent)
-        self._finish(job, JobState.DONE, delivered=self.settings.pacs is not None)
+        self._deliver(job, paths, label)
 
-    def _infer(self, job: Job, study_uid: str) -> list[str]:
+    def _deliver(self, job: Job, paths: list[str], label: str) -> None:
+        """Send to every destination that lacks the results; back off or dead-letter on failure."""
+        delivered = list(job.delivered_to or [])
+        failures: list[str] = []
+        for target in targets(self.settings):
+            if target.name in delivered:
+                continue
+            try:
+                send(paths, target, calling_ae=self.settings.node.ae_title)
+            except DeliveryFailed as e:
+                failures.append(str(e))
+                continue
+            except Exception as e:  # a result file gone missing, a malformed response
+                log.exception("%s: delivery to %s failed", label, target.describe())
+                failures.append(f"{target.name}: {type(e).__name__}: {e}")
+                continue
+            delivered.append(target.name)
+            self.index.update_job(job.id, self.id, delivered_to=list(delivered))
+        if not failures:
+            log.info(
+                "%s done: %d results saved, sent to %s", label, len(paths), delivered or "none"
+            )
+            self._finish(job, JobState.DONE, delivered=bool(delivered))
+            return
+        policy = self.settings.delivery
+        attempts = job.delivery_attempts + 1
+        error = "delivery failed: " + "; ".join(failures)
+        if attempts >= policy.max_attempts:
+            error += (
+                f" (dead-lettered after {attempts} delivery attempts; results kept in "
+                f"{Path(paths[0]).parent}; `medgemma-node retry {job.id}` sends them again)"
+            )
+            log.error("%s: %s", label, error)
+            self.index.update_job(
+                job.id,
+                self.id,
+                state=JobState.UNDELIVERED,
+                error=error,
+                delivery_attempts=attempts,
+                finished_at=utcnow(),
+                lease_until=None,
+            )
+            return
+        wait = policy.wait_after(attempts)
+        log.warning("%s: results saved, %s; next try in %.0f s", label, error, wait)
+        self.index.update_job(
+            job.id,
+            self.id,
+            state=JobState.QUEUED,
+            error=error,
+            delivery_attempts=attempts,
+            retry_at=utcnow() + timedelta(seconds=wait),
+            lease_until=None,
+        )
+
+    def _infer(self, job: Job) -> list[str]:
         series = {
             uid: [Path(p) for p in files]
             for uid, files in self.index.instance_paths(job.series_uids).items()
@@ -148,6 +196,9 @@ class Worker:
             self.settings.model.max_new_tokens,
             self.settings.imaging,
             self._prior_lookup(task),
+            self.settings.localization,
+            self._outputs_wanted(),
+            tuple(Path(p) for p in self.index.earlier_results(job)),
         )
         outcome = run_task(task_input, self.engine)
         paths = save_results(outcome.results, self.results_root / f"job-{job.id}")
@@ -159,6 +210,11 @@ class Worker:
         if not self.index.update_job(job.id, self.id, result_paths=paths, record=record):
             raise RuntimeError(f"lost the lease on job {job.id} while it ran")
         return paths
+
+    def _outputs_wanted(self) -> frozenset[Output]:
+        """Every output some destination takes; all configured ones when results stay here."""
+        wanted = [target.outputs for target in targets(self.settings)]
+        return frozenset().union(*wanted) if wanted else frozenset(self.settings.outputs)
 
     def _prior_lookup(self, task: Task) -> PriorLookup | None:
         pacs, priors = self.settings.pacs, self.settings.priors
@@ -181,7 +237,8 @@ class Worker:
             self.id,
             state=JobState.QUEUED,
             error=error,
-            retry_at=utcnow() + timedelta(seconds=self.settings.node.retry_seconds * job.attempts),
+            retry_at=utcnow()
+            + timedelta(seconds=self.settings.node.retry_seconds * 2 ** (job.attempts - 1)),
             lease_until=None,
         )
 

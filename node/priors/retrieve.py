@@ -193,8 +193,8 @@ def retrieve_prior(
 
 
 def prior_report_texts(paths: Sequence[Path], *, manufacturer: str = MANUFACTURER) -> list[str]:
-    """The Finding texts of the SRs among ``paths`` that ``manufacturer`` (this node) wrote,
-    oldest content first."""
+    """The report texts of the SRs among ``paths`` that ``manufacturer`` (this node) wrote,
+    oldest content first: "FINDINGS: … IMPRESSION: …" as the model wrote them."""
     reports: list[tuple[str, list[str]]] = []
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -203,9 +203,28 @@ def prior_report_texts(paths: Sequence[Path], *, manufacturer: str = MANUFACTURE
         if str(ds.get("Manufacturer", "")).strip() != manufacturer:
             continue
         stamp = f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}"
-        reports.append((stamp, list(_finding_texts(ds.get("ContentSequence", [])))))
+        texts = dict(_texts(ds.get("ContentSequence", [])))
+        sections = [
+            f"{heading}: {texts[concept]}"
+            for concept, heading in _REPORT_SECTIONS.items()
+            if concept in texts
+        ]
+        # A measurement report keeps the sections apart; a findings SR has "Finding" items.
+        found = ["\n".join(sections)] if sections else _all(ds, _FINDING)
+        reports.append((stamp, found))
     reports.sort(key=lambda pair: pair[0])
     return [text for _, texts in reports for text in texts]
+
+
+_FINDING = (codes.DCM.Finding.value, codes.DCM.Finding.scheme_designator)
+_REPORT_SECTIONS = {
+    (codes.LN.Findings.value, codes.LN.Findings.scheme_designator): "FINDINGS",
+    ("121073", "DCM"): "IMPRESSION",
+}
+
+
+def _all(ds: Dataset, concept: tuple[str, str]) -> list[str]:
+    return [text for name, text in _texts(ds.get("ContentSequence", [])) if name == concept]
 
 
 def _wado(study_uid: str, *, pacs: PacsSettings, dest: Path, timeout: float) -> list[Path]:
@@ -391,17 +410,13 @@ def _remove_new_files(dest: Path, before: set[Path]) -> int:
     return removed
 
 
-def _finding_texts(items: Sequence[Dataset]) -> Iterator[str]:
-    """TEXT content items named Finding (DCM 121071), depth first in document order."""
-    finding = codes.DCM.Finding
+def _texts(items: Sequence[Dataset]) -> Iterator[tuple[tuple[str, str], str]]:
+    """(concept code, text) of every non-empty TEXT item, depth first in document order."""
     for item in items:
         if str(item.get("ValueType", "")) == "TEXT":
             names = item.get("ConceptNameCodeSequence") or []
-            if names and (
-                str(names[0].get("CodeValue", "")) == finding.value
-                and str(names[0].get("CodingSchemeDesignator", "")) == finding.scheme_designator
-            ):
-                text = str(item.get("TextValue", "")).strip()
-                if text:
-                    yield text
-        yield from _finding_texts(item.get("ContentSequence", []))
+            text = str(item.get("TextValue", "")).strip()
+            if names and text:
+                name = names[0]
+                yield (str(name.CodeValue), str(name.CodingSchemeDesignator)), text
+        yield from _texts(item.get("ContentSequence", []))

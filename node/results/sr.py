@@ -64,7 +64,7 @@ _PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelDat
 
 _UNKNOWN_DEIDENTIFICATION = "Unknown: not stated in the source instances"
 
-_COMPLETION_DESCRIPTION = "AI-generated draft; requires review by a qualified professional"
+COMPLETION_DESCRIPTION = "AI-generated draft; requires review by a qualified professional"
 
 
 def build_findings_sr(
@@ -79,6 +79,7 @@ def build_findings_sr(
     context_used: str | None = None,
     finding_items: Sequence[str] = (),
     prior_sources: Sequence[Dataset] = (),
+    previous_versions: Sequence[Dataset] = (),
     manufacturer: str = MANUFACTURER,
     software_version: str = __version__,
     series_instance_uid: str | None = None,
@@ -145,6 +146,7 @@ def build_findings_sr(
     sr = ComprehensiveSR(
         evidence=evidence,
         content=root,
+        previous_versions=list(previous_versions) or None,
         series_instance_uid=hd.UID(series_instance_uid),
         series_number=series_number,
         sop_instance_uid=hd.UID(sop_instance_uid),
@@ -165,8 +167,8 @@ def build_findings_sr(
         series_date=created.date(),
         series_time=created.time(),
     )
-    sr.CompletionFlagDescription = _COMPLETION_DESCRIPTION
-    _complete_deidentification(sr)
+    sr.CompletionFlagDescription = COMPLETION_DESCRIPTION
+    complete_deidentification(sr)
     logger.info(
         "built findings SR %s (series %s) for %d source instance(s), test model: %s",
         sr.SOPInstanceUID,
@@ -251,7 +253,7 @@ def evidence_header(source: Dataset) -> Dataset:
     return header
 
 
-def _complete_deidentification(sr: Dataset) -> None:
+def complete_deidentification(sr: Dataset) -> None:
     """Name the de-identification method when the copied header claims one.
 
     Anonymised archives (CQ500, TCIA exports) set Patient Identity Removed

@@ -65,7 +65,12 @@ from node.results.boxes import SourceBox, box_tracking_uid
 from node.results.codes import coded_finding
 from node.results.content import algorithm_identification, derived_uid, device_observer_uid
 from node.results.disclaimer import TEST_MODEL_BANNER, disclaimer_text
-from node.results.sr import character_set, evidence_header
+from node.results.sr import (
+    COMPLETION_DESCRIPTION,
+    character_set,
+    complete_deidentification,
+    evidence_header,
+)
 
 __all__ = ["LocalizedFinding", "build_measurement_report", "measurement_series_description"]
 
@@ -81,6 +86,7 @@ PROCEDURE_REPORTED = CodedConcept.from_code(codes.SCT.ImagingProcedure)
 _SOURCE = CodedConcept("260753009", "SCT", "Source")
 _PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
 _IMPRESSION = CodedConcept("121073", "DCM", "Impression")
+_CLINICAL_CONTEXT = CodedConcept.from_code(codes.DCM.History)
 _LO_MAX = 64
 _TRACKING_ID_MAX = 64
 
@@ -115,6 +121,8 @@ def build_measurement_report(
     verdicts: Sequence[str] = (),
     prior_sources: Sequence[Dataset] = (),
     lab_items: Sequence[LabResult] = (),
+    context_used: str | None = None,
+    previous_versions: Sequence[Dataset] = (),
     series_number: int = 9902,
     instance_number: int = 1,
     manufacturer: str = MANUFACTURER,
@@ -143,6 +151,10 @@ def build_measurement_report(
         Images of an earlier study the model compared with; listed as evidence.
     lab_items:
         Lab tests extracted from a document, one TEXT item each.
+    context_used:
+        Clinical context given to the model, recorded when not empty.
+    previous_versions:
+        Earlier reports of the same study and task this one replaces.
     series_number, instance_number, manufacturer, software_version:
         As for :func:`node.results.sr.build_findings_sr`.
     series_instance_uid, sop_instance_uid:
@@ -178,6 +190,7 @@ def build_measurement_report(
         findings,
         verdicts,
         lab_items,
+        context_used,
     )
     root = report[0]
     _insert_before_measurements(root, _image_library(source))
@@ -186,6 +199,7 @@ def build_measurement_report(
     sr = Comprehensive3DSR(
         evidence=[header, *(evidence_header(ds) for ds in prior_sources)],
         content=report,
+        previous_versions=list(previous_versions) or None,
         series_instance_uid=hd.UID(series_instance_uid),
         series_number=series_number,
         sop_instance_uid=hd.UID(sop_instance_uid),
@@ -209,6 +223,7 @@ def build_measurement_report(
             *verdicts,
             *(f.label for f in findings),
             *(_lab_text(lab) for lab in lab_items),
+            context_used or "",
         ),
         content_date=created.date(),
         content_time=created.time(),
@@ -217,6 +232,8 @@ def build_measurement_report(
     )
     if "BodyPartExamined" in source:
         sr.BodyPartExamined = source.BodyPartExamined
+    sr.CompletionFlagDescription = COMPLETION_DESCRIPTION
+    complete_deidentification(sr)
     logger.info(
         "built measurement report %s: %d finding(s), %d boxed, test model: %s",
         sr.SOPInstanceUID,
@@ -409,6 +426,7 @@ def _text_evaluations(
     findings: Sequence[LocalizedFinding],
     verdicts: Sequence[str],
     lab_items: Sequence[LabResult],
+    context_used: str | None,
 ) -> list[TextContentItem]:
     """The free text, in reading order: disclaimer first, as in the findings SR."""
     finding_name = CodedConcept.from_code(codes.DCM.Finding)
@@ -420,6 +438,8 @@ def _text_evaluations(
     items += [_text(finding_name, f.label) for f in findings if coded_finding(f.label).is_free_text]
     items += [_text(finding_name, verdict) for verdict in verdicts if verdict.strip()]
     items += [_text(finding_name, _lab_text(lab)) for lab in lab_items]
+    if context_used is not None and context_used.strip():
+        items.append(_text(_CLINICAL_CONTEXT, context_used))
     return items
 
 

@@ -378,6 +378,70 @@ class Index:
                     job.error = f"worker {job.worker} stopped during attempt {job.attempts}"
             return len(expired)
 
+    def earlier_results(self, job: Job) -> list[str]:
+        """Result files of the latest earlier job of ``job``'s study and task that made any.
+
+        A reprocessed study's new report names these as its predecessor.
+        """
+        with self.session() as s:
+            earlier = s.scalars(
+                select(Job)
+                .where(Job.study_id == job.study_id, Job.task == job.task, Job.id < job.id)
+                .order_by(Job.id.desc())
+            )
+            for candidate in earlier:
+                if candidate.result_paths:
+                    return list(candidate.result_paths)
+        return []
+
+    def retry_jobs(self, job_ids: Sequence[int] | None = None) -> list[int]:
+        """Queue dead-lettered (undelivered) and failed jobs again; None: every one of them.
+
+        An undelivered job keeps its results and only re-sends them; a failed one runs again.
+        """
+        with self.writing() as s:
+            query = select(Job).where(Job.state.in_([JobState.UNDELIVERED, JobState.FAILED]))
+            if job_ids is not None:
+                query = query.where(Job.id.in_(list(job_ids)))
+            jobs = list(s.scalars(query))
+            for job in jobs:
+                if not job.result_paths:
+                    job.attempts = 0
+                job.state = JobState.QUEUED
+                job.delivery_attempts = 0
+                job.retry_at = None
+                job.finished_at = None
+                job.error = f"re-queued by hand; last error: {job.error}"
+            return sorted(job.id for job in jobs)
+
+    def reprocess(self, study_uid: str) -> list[int]:
+        """New jobs for the study's latest work per rule; the finished ones they replace are
+        marked superseded. Jobs still queued or running are left to finish."""
+        with self.writing() as s:
+            study = s.scalar(select(Study).where(Study.study_uid == study_uid))
+            if study is None:
+                raise KeyError(f"study {study_uid} is not in the index")
+            latest: dict[tuple[str, str], Job] = {}
+            for job in s.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)):
+                latest[(job.task, job.rule)] = job
+            created = []
+            for job in latest.values():
+                if job.state in (JobState.QUEUED, JobState.RUNNING):
+                    continue
+                job.state = JobState.SUPERSEDED
+                new = Job(
+                    study_id=study.id,
+                    task=job.task,
+                    rule=job.rule,
+                    series_uids=list(job.series_uids),
+                    save_inputs=job.save_inputs,
+                    state=JobState.QUEUED,
+                )
+                s.add(new)
+                created.append(new)
+            s.flush()
+            return [job.id for job in created]
+
     def running_workers(self) -> set[str]:
         with self.session() as s:
             return set(s.scalars(select(Job.worker).where(Job.state == JobState.RUNNING)))

@@ -24,6 +24,8 @@ class JobState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"  # gave up after max_attempts, or input that can never work
+    # Dead letter: results saved, but a destination refused them delivery.max_attempts times.
+    UNDELIVERED = "undelivered"
     SUPERSEDED = "superseded"  # late instances re-opened the study; a newer job replaces it
 
 
@@ -101,7 +103,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column()
     # Result files written by the job; set once inference is done so a retry only redelivers.
     result_paths: Mapped[list[str] | None] = mapped_column(JSON)
-    delivered: Mapped[bool] = mapped_column(default=False)
+    delivered: Mapped[bool] = mapped_column(default=False)  # every destination has them
+    delivered_to: Mapped[list[str]] = mapped_column(JSON, default=list)  # destination names
+    delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     # What the pipeline wants a reader to know: dropped slices, context used, model label.
     record: Mapped[dict[str, object] | None] = mapped_column(JSON)

@@ -10,8 +10,9 @@ from multiprocessing.synchronize import Event as MpEvent
 from sqlalchemy import make_url
 
 from node import __version__
-from node.config import Output, Settings
+from node.config import Settings
 from node.dimse.scp import StorageSCP
+from node.dispatch.deliver import targets
 from node.pipeline.process import start_worker
 from node.pipeline.worker import release_dead_local_workers
 from node.priors.cache import PriorCache
@@ -49,9 +50,6 @@ class NodeService:
         self.failure: str | None = None
 
     def start(self) -> None:
-        for output in self.settings.outputs:
-            if output is not Output.SR:
-                log.warning("output %r is not produced yet; only 'sr' is", output.value)
         self._log_summary()
         self.ingest.reconcile()
         release_dead_local_workers(self.index)
@@ -80,10 +78,13 @@ class NodeService:
             database,
             node.workers,
         )
-        if pacs is None:
-            log.warning("no pacs configured: results stay in %s", node.data_dir / "results")
-        else:
+        if pacs is not None:
             log.info("PACS %s at %s:%d", pacs.ae_title, pacs.host, pacs.port)
+        destinations = targets(self.settings)
+        if not destinations:
+            log.warning("no destination configured: results stay in %s", node.data_dir / "results")
+        for target in destinations:
+            log.info("results go to %s: %s", target.describe(), ", ".join(sorted(target.outputs)))
         peers = ", ".join(p.ae_title for p in node.allowed_peers) or "any calling AE"
         log.info("accepting %s; outputs: %s", peers, ", ".join(self.settings.outputs))
 

@@ -38,14 +38,13 @@ from node.inference.answers import (
     yes_no,
 )
 from node.inference.engine import (
-    EngineError,
     ModelLoadError,
-    OpenAIEngine,
     TransformersEngine,
     find_medgemma_weights,
     load_engine,
 )
-from node.inference.request import TEST_MODEL_LABEL, Prompt
+from node.inference.request import TEST_MODEL_LABEL, EngineError, Prompt
+from node.inference.served import OpenAIEngine
 from node.inference.test_model import (
     ANSWERS,
     IMAGE_SIZE,

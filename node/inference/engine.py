@@ -6,25 +6,20 @@ checkpoint instead, and says so loudly: its label starts with ``TEST MODEL``.
 
 from __future__ import annotations
 
-import base64
-import io
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import torch
 from huggingface_hub import try_to_load_from_cache
-from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from node.config import ModelSettings
 from node.inference.answers import strip_thinking
 from node.inference.prompts import chat_messages
-from node.inference.request import TEST_MODEL_LABEL, Engine, Prompt
+from node.inference.request import TEST_MODEL_LABEL, Engine, EngineError, Prompt
+from node.inference.served import OpenAIEngine
 from node.inference.test_model import build_test_model, is_test_model
 
 logger = logging.getLogger(__name__)
@@ -32,8 +27,6 @@ logger = logging.getLogger(__name__)
 TEST_MODEL_DIR = "test-model"  # under the node's data directory
 CONFIG_FILE = "config.json"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
-OPENAI_TIMEOUT_SECONDS = 600.0
-CHAT_COMPLETIONS = "/chat/completions"
 
 _DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
@@ -59,10 +52,6 @@ def _test_model_banner(path: Path) -> str:
 
 class ModelLoadError(RuntimeError):
     """A model that can't be loaded; the message names the path or setting."""
-
-
-class EngineError(RuntimeError):
-    """A generation request that failed; the message names the model or endpoint."""
 
 
 # --- finding and loading weights -------------------------------------------------------------
@@ -210,89 +199,3 @@ class TransformersEngine:
             time.monotonic() - started,
         )
         return strip_thinking(text)
-
-
-class OpenAIEngine:
-    """MedGemma served by vLLM or any OpenAI-compatible chat completions endpoint."""
-
-    def __init__(self, url: str, *, model: str, timeout: float = OPENAI_TIMEOUT_SECONDS) -> None:
-        base = url.rstrip("/")
-        self._url = base if base.endswith(CHAT_COMPLETIONS) else base + CHAT_COMPLETIONS
-        self._model = model
-        self._timeout = timeout
-
-    @property
-    def label(self) -> str:
-        return self._model
-
-    @property
-    def is_test_model(self) -> bool:
-        return False
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    def request_body(self, prompt: Prompt) -> dict[str, Any]:
-        messages: list[dict[str, Any]] = []
-        if prompt.system:
-            messages.append({"role": "system", "content": prompt.system})
-        parts = [
-            {"type": "image_url", "image_url": {"url": image_data_url(part)}}
-            if isinstance(part, Image.Image)
-            else {"type": "text", "text": part}
-            for part in prompt.content
-        ]
-        messages.append({"role": "user", "content": parts})
-        return {
-            "model": self._model,
-            "messages": messages,
-            "max_tokens": prompt.max_new_tokens,
-            "temperature": 0,  # greedy, as do_sample=False
-        }
-
-    def generate(self, prompt: Prompt) -> str:
-        started = time.monotonic()
-        body = json.dumps(self.request_body(prompt)).encode("utf-8")
-        request = urllib.request.Request(
-            self._url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
-        reply = self._post(request)
-        text = self._content(reply)
-        logger.info(
-            "%s at %s: %d images in %.1f s",
-            self._model,
-            self._url,
-            len(prompt.images),
-            time.monotonic() - started,
-        )
-        return strip_thinking(text)
-
-    def _post(self, request: urllib.request.Request) -> Any:
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as e:
-            detail = e.read(500).decode("utf-8", errors="replace")
-            raise EngineError(f"{self._url} answered HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            reason = getattr(e, "reason", e)
-            raise EngineError(f"cannot reach the model endpoint {self._url}: {reason}") from e
-        except json.JSONDecodeError as e:
-            raise EngineError(f"{self._url} did not answer with JSON: {e}") from e
-
-    def _content(self, reply: Any) -> str:
-        try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as e:
-            raise EngineError(f"{self._url} answered without choices[0].message.content") from e
-        if not isinstance(content, str):
-            raise EngineError(f"{self._url} answered with non-text content: {content!r:.200}")
-        return content
-
-
-def image_data_url(image: Image.Image) -> str:
-    """A lossless PNG data URL; compression level 1 is ~10× faster than the default."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -44,3 +44,7 @@ class Engine(Protocol):
     def is_test_model(self) -> bool: ...
 
     def generate(self, prompt: Prompt) -> str: ...
+
+
+class EngineError(RuntimeError):
+    """A generation request that failed; the message names the model or endpoint."""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
+from pydicom.uid import Comprehensive3DSRStorage
 
 from fixtures.documents import make_encapsulated_pdf
 from fixtures.series import make_cr_study, make_ct_series
 from fixtures.wsi import make_wsi_series
-from tests.dicom_tools import dciodvfy_errors
+from tests.dicom_tools import dciodvfy_errors, pixelmed_sr_errors
 from tests.peers import NODE_BIN
 
 
@@ -50,7 +52,9 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
     studies = {str(dcmread(p).StudyInstanceUID) for p in written}
     assert studies == {str(dcmread(cr).StudyInstanceUID), str(dcmread(ct[0]).StudyInstanceUID)}
     for path in written:
+        assert dcmread(path).SOPClassUID == Comprehensive3DSRStorage  # TID 1500, every task
         assert dciodvfy_errors(path) == []
+        assert pixelmed_sr_errors(path) == []
     loud = "TEST MODEL"
     assert loud in result.stderr  # said at start-up, not only inside the results
 
@@ -87,6 +91,13 @@ def test_clinical_context_reaches_prompt_and_sr(tmp_path: Path, test_model: Path
     assert any("Fever and cough" in text for text in texts)
 
 
+def _items(ds: Dataset) -> Iterator[Dataset]:
+    """Every content item of the tree, depth first."""
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
 def _sr_texts(path: Path) -> list[str]:
     sr = dcmread(path)
     return [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
@@ -100,10 +111,17 @@ def test_lab_report_from_an_encapsulated_pdf(tmp_path: Path, test_model: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     (sr_path,) = out.rglob("*.dcm")
     texts = _sr_texts(sr_path)
-    # the test model's JSON, validated and carried as one structured finding per test
+    # the test model's JSON, validated and carried as a line of text and a coded number
     assert "1 lab test(s) extracted from 2 page(s)." in texts
     assert any(t.startswith("Hemoglobin: 13.5 g/dL (reference 12.0-16.0)") for t in texts)
+    [number] = [item for item in _items(dcmread(sr_path)) if item.ValueType == "NUM"]
+    concept = number.ConceptNameCodeSequence[0]
+    assert (concept.CodeValue, concept.CodingSchemeDesignator) == ("718-7", "LN")  # LOINC
+    value = number.MeasuredValueSequence[0]
+    assert float(value.NumericValue) == 13.5
+    assert value.MeasurementUnitsCodeSequence[0].CodeValue == "g/dL"
     assert dciodvfy_errors(sr_path) == []
+    assert pixelmed_sr_errors(sr_path) == []
     inputs = next(saved.glob("*lab-report"))
     assert sorted(p.name for p in inputs.glob("*.png")) == ["000.png", "001.png"]
     assert "Clinical Data Extraction Specialist" in (inputs / "prompt.txt").read_text()
@@ -124,8 +142,25 @@ def test_whole_slide_image_gets_a_description(tmp_path: Path, test_model: Path) 
     assert result.returncode == 0, result.stderr[-3000:]
     (sr_path,) = out.rglob("*.dcm")
     assert any("Benign breast tissue" in t for t in _sr_texts(sr_path))
-    assert dcmread(sr_path).StudyInstanceUID == dcmread(files[0]).StudyInstanceUID
+    sr = dcmread(sr_path)
+    assert sr.StudyInstanceUID == dcmread(files[0]).StudyInstanceUID
     assert dciodvfy_errors(sr_path) == []
+    assert pixelmed_sr_errors(sr_path) == []
+    # The evidence is the pyramid level the patches were cut from (about 10X).
+    [study] = sr.CurrentRequestedProcedureEvidenceSequence
+    [series] = study.ReferencedSeriesSequence
+    cited = {str(ref.ReferencedSOPInstanceUID) for ref in series.ReferencedSOPSequence}
+    headers = [dcmread(f, stop_before_pixels=True) for f in files]
+    level = {str(h.SOPInstanceUID) for h in headers if h.SOPInstanceUID in cited}
+    assert level == cited and len(cited) >= 1
+    spacing = {
+        round(
+            float(h.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0]), 4
+        )
+        for h in headers
+        if h.SOPInstanceUID in cited
+    }
+    assert spacing == {0.001}  # 1 µm/px: 10X
     inputs = next(saved.glob("*wsi"))
     meta = json.loads((inputs / "meta.json").read_text())
     assert round(meta["magnification"]) == 10

@@ -19,10 +19,10 @@ from pydicom.uid import (
 )
 
 from fixtures.series import make_cr_study
-from node.config import LocalizationSettings, ModelSettings, Output, Task
+from node.config import LocalizationSettings, Output, Task
 from node.imaging.radiograph import radiograph_to_image
 from node.inference.answers import Box
-from node.inference.engine import TransformersEngine, load_engine
+from node.inference.engine import TransformersEngine
 from node.inference.test_model import LOCALIZE_BOX, LOCALIZE_LABEL, REPORT_ANSWER
 from node.pipeline.tasks import TaskInput, TaskOutcome, run_task
 from node.priors.retrieve import prior_report_texts
@@ -31,13 +31,6 @@ from node.results.codes import coded_finding
 from tests.dicom_tools import dciodvfy_errors, pixelmed_sr_errors, write_tmp
 
 ALL_OUTPUTS = frozenset({Output.SR, Output.GSPS, Output.SC})
-
-
-@pytest.fixture(scope="module")
-def engine(test_model: Path) -> TransformersEngine:
-    loaded = load_engine(ModelSettings(path=test_model), Path("unused-data-dir"))
-    assert isinstance(loaded, TransformersEngine)
-    return loaded
 
 
 @pytest.fixture(scope="module")

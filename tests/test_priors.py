@@ -203,7 +203,8 @@ def dcmqrscp(
 ) -> Iterator[DcmQrScp]:
     server = DcmQrScp(tmp_path_factory.mktemp("priors-dcmqrscp"), move_target.port).start()
     try:
-        sent = storescu(server.port, studies.all, called=server.aet)
+        # -R: propose what the files are (the default list lacks Comprehensive 3D SR).
+        sent = storescu(server.port, studies.all, called=server.aet, extra=["-R"])
         assert sent.returncode == 0, sent.stderr
         yield server
     finally:
@@ -252,7 +253,7 @@ def check_prior_files(studies: Studies, files: list[Path]) -> None:
     current.ViewPosition = "AP"
     chosen = choose_prior_image(current, instances)
     assert chosen is not None and chosen.ViewPosition == "AP"
-    assert prior_report_texts(files) == [PRIOR_FINDING]
+    assert prior_report_texts(files) == [f"FINDINGS: {PRIOR_FINDING}"]
 
 
 # --- choose (pure) -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Findings SR: build -> write -> read back strictly -> compare, and dciodvfy."""
+"""What every result SR copies from its sources (evidence, character set, de-identification),
+through the TID 1500 report: build -> write -> read back strictly -> compare, and dciodvfy."""
 
 from __future__ import annotations
 
@@ -13,17 +14,21 @@ import pydicom
 import pytest
 from pydicom import Dataset
 from pydicom.data import get_charset_files, get_testdata_file
-from pydicom.sr.codedict import codes
-from pydicom.uid import ComprehensiveSRStorage, generate_uid
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
 from node.results.disclaimer import TEST_MODEL_BANNER
-from node.results.sr import build_findings_sr
+from node.results.sr import COMPLETION_DESCRIPTION, UTF8_CHARACTER_SET, evidence_header
+from node.results.tid1500 import build_measurement_report
 from tests.dicom_tools import dciodvfy_errors, dciodvfy_report, write_tmp
+from tests.sr_content import content_items, evidence_uids, texts
 
 FINDINGS = "Heart size normal.\nNo focal consolidation, effusion or pneumothorax."
 MODEL = "google/medgemma-1.5-4b-it"
 TEST_MODEL = "TEST MODEL (/models/tiny-random)"
 SOURCE_FILES = ("RG1_UNCR.dcm", "CT_small.dcm", "MR_small.dcm")
+# Beyond the three: enhanced multi-frame objects, an RGB secondary capture (Modality OT),
+# and a de-identified CT (CQ500) whose header claims identity removal without a method.
+MORE_SOURCE_FILES = ("693_UNCR.dcm", "emri_small.dcm", "eCT_Supplemental.dcm", "SC_rgb.dcm")
 
 
 @pytest.fixture(autouse=True)
@@ -42,31 +47,15 @@ def load_source(name: str) -> Dataset:
     return pydicom.dcmread(path, stop_before_pixels=True)
 
 
-def ct_slices(count: int) -> list[Dataset]:
-    """A small CT series made from CT_small: new instance UIDs, stepped positions."""
-    template = load_source("CT_small.dcm")
-    series_uid = generate_uid()
-    slices = []
-    for index in range(count):
-        ds = copy.deepcopy(template)
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.InstanceNumber = index + 1
-        x, y, z = (float(v) for v in template.ImagePositionPatient)
-        # Strings, not floats: strict DS validation refuses over-long reprs.
-        ds.ImagePositionPatient = [f"{x:.3f}", f"{y:.3f}", f"{z + 5.0 * index:.3f}"]
-        slices.append(ds)
-    return slices
-
-
-def build(sources: list[Dataset], findings: str = FINDINGS, **overrides: Any) -> Dataset:
+def build(sources: list[Dataset], narrative: str = FINDINGS, **overrides: Any) -> Dataset:
     options: dict[str, Any] = {
+        "impression": None,
         "task": "cxr-report",
         "model_label": MODEL,
         "is_test_model": False,
         **overrides,
     }
-    return build_findings_sr(sources, findings, **options)
+    return build_measurement_report(sources, [], narrative=narrative, **options)
 
 
 def round_trip(sr: Dataset, tmp_path: Path) -> tuple[Path, Dataset]:
@@ -74,44 +63,12 @@ def round_trip(sr: Dataset, tmp_path: Path) -> tuple[Path, Dataset]:
     return path, pydicom.dcmread(path)
 
 
-def content_items(ds: Dataset) -> Iterator[Dataset]:
-    for item in ds.get("ContentSequence", []):
-        yield item
-        yield from content_items(item)
-
-
-def texts(ds: Dataset, meaning: str | None = None) -> list[str]:
-    return [
-        str(item.TextValue)
-        for item in content_items(ds)
-        if item.ValueType == "TEXT"
-        and (meaning is None or item.ConceptNameCodeSequence[0].CodeMeaning == meaning)
-    ]
-
-
-def evidence_uids(ds: Dataset) -> set[str]:
-    return {
-        sop.ReferencedSOPInstanceUID
-        for study in ds.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for sop in series.ReferencedSOPSequence
-    }
-
-
-def content_reference_uids(ds: Dataset) -> set[str]:
-    return {
-        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        for item in content_items(ds)
-        if item.ValueType in ("IMAGE", "COMPOSITE")
-    }
-
-
 @pytest.mark.parametrize("name", SOURCE_FILES)
-def test_round_trip_keeps_patient_and_study(name: str, tmp_path: Path) -> None:
+def test_round_trip_keeps_patient_study_and_flags(name: str, tmp_path: Path) -> None:
     source = load_source(name)
     _, back = round_trip(build([source], context_used="Cough for 3 weeks."), tmp_path)
 
-    assert back.SOPClassUID == ComprehensiveSRStorage
+    assert back.SOPClassUID == Comprehensive3DSRStorage
     assert back.Modality == "SR"
     assert back.StudyInstanceUID == source.StudyInstanceUID
     assert back.PatientID == source.PatientID
@@ -121,64 +78,34 @@ def test_round_trip_keeps_patient_and_study(name: str, tmp_path: Path) -> None:
     assert back.VerificationFlag == "UNVERIFIED"
     assert back.PreliminaryFlag == "PRELIMINARY"
     assert back.CompletionFlag == "PARTIAL"
-    assert back.SeriesDescription == "MedGemma findings (UNVERIFIED)"
+    assert back.CompletionFlagDescription == COMPLETION_DESCRIPTION
+    assert back.SeriesDescription == f"AI cxr-report {MODEL} (UNVERIFIED)"
     assert back.Manufacturer == "medgemma-node"
     assert back.SoftwareVersions == "0.1.0"
     assert back.ContentDate and back.ContentTime
+    assert texts(back, "History") == ["Cough for 3 weeks."]
     if "InstitutionName" in source:
         assert back.InstitutionName == source.InstitutionName
 
 
-@pytest.mark.parametrize("name", SOURCE_FILES)
-def test_content_tree_holds_findings_disclaimer_model_task_context(
-    name: str, tmp_path: Path
-) -> None:
-    source = load_source(name)
-    _, back = round_trip(build([source], context_used="Cough for 3 weeks."), tmp_path)
-
-    root = back.ConceptNameCodeSequence[0]
-    assert (root.CodeValue, root.CodingSchemeDesignator) == (
-        codes.LN.DiagnosticImagingReport.value,
-        codes.LN.DiagnosticImagingReport.scheme_designator,
-    )
-    assert texts(back, "Finding") == [FINDINGS]
-    [disclaimer] = texts(back, "Comment")
-    assert disclaimer.startswith("NOT FOR DIAGNOSTIC USE.")
-    assert MODEL in disclaimer and "UNVERIFIED" in disclaimer
-    assert TEST_MODEL_BANNER not in disclaimer
-    assert texts(back, "Algorithm Name") == [MODEL]
-    assert texts(back, "Device Observer Name") == [MODEL]
-    assert texts(back, "Algorithm Parameters") == ["task=cxr-report"]
-    assert texts(back, "History") == ["Cough for 3 weeks."]
-
-
-def test_no_context_section_without_context(tmp_path: Path) -> None:
+def test_no_context_item_without_context(tmp_path: Path) -> None:
     _, back = round_trip(build([load_source("CT_small.dcm")], context_used="  "), tmp_path)
     assert texts(back, "History") == []
 
 
-def test_test_model_says_so_everywhere_a_reader_looks(tmp_path: Path) -> None:
+def test_test_model_says_so_where_a_reader_looks(tmp_path: Path) -> None:
     sr = build([load_source("RG1_UNCR.dcm")], model_label=TEST_MODEL, is_test_model=True)
-    _, back = round_trip(sr, tmp_path)
-
-    assert TEST_MODEL_BANNER in back.SeriesDescription
+    path, back = round_trip(sr, tmp_path)
+    assert back.SeriesDescription.startswith("TEST MODEL")
     [disclaimer] = texts(back, "Comment")
     assert disclaimer.startswith(TEST_MODEL_BANNER)
-    assert "TEST MODEL" in disclaimer and "not by MedGemma" in disclaimer
-    assert TEST_MODEL in disclaimer
-    assert texts(back, "Device Observer Name") == [TEST_MODEL]
-    assert dciodvfy_errors(write_tmp(sr, tmp_path, "again.dcm")) == []
-
-
-# Beyond the three required sources: enhanced multi-frame objects, and a
-# de-identified CT (CQ500) whose header claims identity removal without a method.
-MORE_SOURCE_FILES = ("693_UNCR.dcm", "emri_small.dcm", "eCT_Supplemental.dcm", "SC_rgb.dcm")
+    assert "not by MedGemma" in disclaimer and TEST_MODEL in disclaimer
+    assert dciodvfy_errors(path) == []
 
 
 @pytest.mark.parametrize("name", SOURCE_FILES + MORE_SOURCE_FILES)
 def test_dciodvfy_reports_no_errors(name: str, tmp_path: Path) -> None:
-    sr = build([load_source(name)], context_used="Fever.")
-    path = write_tmp(sr, tmp_path)
+    path = write_tmp(build([load_source(name)], context_used="Fever."), tmp_path)
     assert dciodvfy_errors(path) == []
 
 
@@ -190,41 +117,26 @@ def test_dciodvfy_warnings_come_only_from_copied_source_values(tmp_path: Path) -
     ]
 
 
-def test_ct_series_is_referenced_in_evidence_and_content(tmp_path: Path) -> None:
-    slices = ct_slices(5)
-    path, back = round_trip(build(slices, task="ct-summary"), tmp_path)
-
-    expected = {ds.SOPInstanceUID for ds in slices}
-    assert evidence_uids(back) == expected
-    assert content_reference_uids(back) == expected
-    [study] = back.CurrentRequestedProcedureEvidenceSequence
-    assert study.StudyInstanceUID == slices[0].StudyInstanceUID
-    [series] = study.ReferencedSeriesSequence
-    assert series.SeriesInstanceUID == slices[0].SeriesInstanceUID
-    assert dciodvfy_errors(path) == []
-
-
-def test_duplicate_sources_are_referenced_once(tmp_path: Path) -> None:
+def test_the_same_instance_twice_is_one_source(tmp_path: Path) -> None:
     source = load_source("MR_small.dcm")
     _, back = round_trip(build([source, source]), tmp_path)
     image_items = [i for i in content_items(back) if i.ValueType == "IMAGE"]
     assert len(image_items) == 1
-    assert evidence_uids(back) == {source.SOPInstanceUID}
+    assert evidence_uids(back) == [source.SOPInstanceUID]
 
 
-def test_non_ascii_findings_survive(tmp_path: Path) -> None:
-    findings = "Pleuraerguss links, Größe 3 cm. Épanchement pleural. 胸水"
+def test_non_ascii_text_switches_to_utf8_and_survives(tmp_path: Path) -> None:
+    narrative = "Pleuraerguss links, Größe 3 cm. Épanchement pleural. 胸水"
     source = load_source("RG1_UNCR.dcm")
-    path, back = round_trip(build([source], findings, context_used="Dyspnö"), tmp_path)
-
-    assert back.SpecificCharacterSet == "ISO_IR 192"
-    assert texts(back, "Finding") == [findings]
+    path, back = round_trip(build([source], narrative, context_used="Dyspnö"), tmp_path)
+    assert back.SpecificCharacterSet == UTF8_CHARACTER_SET
+    assert texts(back, "Findings") == [narrative]
     assert texts(back, "History") == ["Dyspnö"]
     assert back.PatientName == source.PatientName
     assert dciodvfy_errors(path) == []
 
 
-def test_ascii_findings_keep_source_character_set(tmp_path: Path) -> None:
+def test_ascii_text_keeps_the_source_character_set(tmp_path: Path) -> None:
     source = load_source("CT_small.dcm")
     _, back = round_trip(build([source]), tmp_path)
     assert back.SpecificCharacterSet == source.SpecificCharacterSet
@@ -236,15 +148,15 @@ def test_non_ascii_patient_name_from_latin1_source_survives_utf8(tmp_path: Path)
     assert source.SpecificCharacterSet == "ISO_IR 100"
     source.SOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
     _, back = round_trip(build([source], "Größe 3 cm"), tmp_path)
-    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert back.SpecificCharacterSet == UTF8_CHARACTER_SET
     assert str(back.PatientName) == str(source.PatientName)
 
 
-def test_very_long_findings(tmp_path: Path) -> None:
-    findings = "\n".join(f"Line {n}: no acute abnormality in segment {n}." for n in range(20_000))
-    assert len(findings) > 900_000
-    path, back = round_trip(build([load_source("CT_small.dcm")], findings), tmp_path)
-    assert texts(back, "Finding") == [findings]
+def test_very_long_narrative(tmp_path: Path) -> None:
+    narrative = "\n".join(f"Line {n}: no acute abnormality in segment {n}." for n in range(20_000))
+    assert len(narrative) > 900_000
+    path, back = round_trip(build([load_source("CT_small.dcm")], narrative), tmp_path)
+    assert texts(back, "Findings") == [narrative]
     assert dciodvfy_errors(path) == []
 
 
@@ -256,6 +168,18 @@ def test_missing_type2_source_attributes_are_written_empty(tmp_path: Path) -> No
     assert back.AccessionNumber == ""
     assert "AccessionNumber" not in source
     assert dciodvfy_errors(path) == []
+
+
+def test_evidence_header_drops_pixels_and_keeps_the_source_intact() -> None:
+    path = get_testdata_file("CT_small.dcm", download=False)
+    assert path is not None
+    source = pydicom.dcmread(path)
+    before = copy.deepcopy(source)
+    header = evidence_header(source)
+    assert "PixelData" not in header and "PixelData" in source
+    assert header.SOPInstanceUID == source.SOPInstanceUID
+    build([source], "Größe 3 cm", context_used="x")
+    assert source == before
 
 
 def test_fixed_uids_make_retries_idempotent() -> None:
@@ -272,7 +196,12 @@ def test_device_observer_uid_is_stable_per_model() -> None:
     source = load_source("CT_small.dcm")
 
     def observer_uid(sr: Dataset) -> str:
-        [item] = [i for i in content_items(sr) if i.ValueType == "UIDREF"]
+        [item] = [
+            i
+            for i in content_items(sr)
+            if i.ValueType == "UIDREF"
+            and i.ConceptNameCodeSequence[0].CodeMeaning == "Device Observer UID"
+        ]
         return str(item.UID)
 
     assert observer_uid(build([source])) == observer_uid(build([source]))
@@ -296,34 +225,7 @@ def test_dsrdump_parses_the_document(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Verification Flag   : UNVERIFIED" in result.stdout
-    assert '"Finding")="Größe 3 cm"' in result.stdout
-
-
-def test_sources_from_two_studies_are_refused() -> None:
-    ct, mr = load_source("CT_small.dcm"), load_source("MR_small.dcm")
-    assert ct.StudyInstanceUID != mr.StudyInstanceUID
-    with pytest.raises(ValueError) as caught:
-        build([ct, mr])
-    assert str(ct.StudyInstanceUID) in str(caught.value)
-    assert str(mr.StudyInstanceUID) in str(caught.value)
-
-
-@pytest.mark.parametrize("findings", ["", "   \n\t"])
-def test_empty_findings_are_refused(findings: str) -> None:
-    with pytest.raises(ValueError, match="findings"):
-        build([load_source("CT_small.dcm")], findings)
-
-
-def test_no_sources_are_refused() -> None:
-    with pytest.raises(ValueError, match="sources"):
-        build([])
-
-
-def test_sources_are_left_untouched() -> None:
-    source = load_source("RG1_UNCR.dcm")
-    before = copy.deepcopy(source)
-    build([source], "Größe 3 cm", context_used="x")
-    assert source == before
+    assert '"Findings")="Größe 3 cm"' in result.stdout
 
 
 def test_identity_removed_without_method_is_completed(tmp_path: Path) -> None:
@@ -354,9 +256,7 @@ def test_character_sets_of_the_source_survive(name: str, tmp_path: Path) -> None
     """pydicom's character-set files: the patient's name comes back as the source had it."""
     [path] = get_charset_files(name)
     source = pydicom.dcmread(path)
-    sr = build_findings_sr(
-        [source], "FINDINGS: Größe 3 cm.", task="cxr-report", model_label="m", is_test_model=True
-    )
+    sr = build([source], "FINDINGS: Größe 3 cm.", model_label="m", is_test_model=True)
     written = write_tmp(sr, tmp_path)
     back = pydicom.dcmread(written)
     assert back.PatientName == source.PatientName

@@ -15,14 +15,15 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from fixtures.series import make_cr_study
+from fixtures.series import make_cr_study, make_ct_series, make_enhanced_ct
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
 from node.inference.answers import Box, LabResult
 from node.results.boxes import SourceBox, box_tracking_uid, map_box, map_boxes
 from node.results.codes import FREE_TEXT_FINDING, coded_finding, finding_concept
 from node.results.disclaimer import TEST_MODEL_BANNER
-from node.results.tid1500 import LocalizedFinding, build_measurement_report
+from node.results.tid1500 import ImageReference, LocalizedFinding, build_measurement_report
 from tests.dicom_tools import dciodvfy_errors, pixelmed_sr_errors, write_tmp
+from tests.sr_content import evidence_uids, headers, library_uids, texts, validated_report
 
 MODEL = "google/medgemma-1.5-4b-it"
 TEST_MODEL = "TEST MODEL (/models/tiny-random)"
@@ -159,18 +160,7 @@ def report(cr: Dataset, image: RadiographImage, **overrides: Any) -> tuple[Datas
         "lab_items": [LabResult(name="Hb", result="13.1", unit="g/dL")],
         **overrides,
     }
-    return build_measurement_report(cr, findings, **options), boxes
-
-
-def texts(ds: Dataset, meaning: str) -> list[str]:
-    def walk(item: Dataset) -> list[Dataset]:
-        return [c for child in item.get("ContentSequence", []) for c in (child, *walk(child))]
-
-    return [
-        str(item.TextValue)
-        for item in walk(ds)
-        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeMeaning == meaning
-    ]
+    return build_measurement_report([cr], findings, **options), boxes
 
 
 @pytest.fixture(scope="module")
@@ -235,9 +225,16 @@ def test_round_trip_gives_findings_and_boxes_in_source_pixels(
             group[0], value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True
         )
         assert image.referenced_sop_instance_uid == cr.SOPInstanceUID
-    unboxed = content.get_image_measurement_groups()
-    assert [g.tracking_identifier for g in unboxed] == ["3: Cardiomegaly"]
-    assert unboxed[0].finding_type is not None and unboxed[0].finding_type.value == "8186001"
+    unboxed, lab = content.get_image_measurement_groups()
+    assert unboxed.tracking_identifier == "3: Cardiomegaly"
+    assert unboxed.finding_type is not None and unboxed.finding_type.value == "8186001"
+    assert unboxed.source_images == []
+    # The lab test is coded too: LOINC hemoglobin (mass/volume) in g/dL.
+    assert lab.tracking_identifier == "lab 1: Hb"
+    [measurement] = lab.get_measurements()
+    assert (measurement.name.value, measurement.name.scheme_designator) == ("718-7", "LN")
+    assert measurement.value == 13.1
+    assert measurement.unit.value == "g/dL"
 
 
 def test_round_trip_keeps_text_flags_and_patient(
@@ -282,19 +279,29 @@ def test_test_model_is_marked(cr: Dataset, cr_image: RadiographImage, tmp_path: 
     assert dciodvfy_errors(path) == []
 
 
+def build(sources: list[Dataset], findings: list[LocalizedFinding], **overrides: Any) -> Dataset:
+    """The report with defaults for what a test doesn't care about."""
+    options: dict[str, Any] = {
+        "narrative": "Lesion.",
+        "impression": None,
+        "model_label": MODEL,
+        "is_test_model": False,
+        "task": "ct-volume",
+        **overrides,
+    }
+    return build_measurement_report(sources, findings, **options)
+
+
 def test_no_findings_still_validates(cr: Dataset, tmp_path: Path) -> None:
-    sr = build_measurement_report(
-        cr,
+    sr = build(
+        [cr],
         [],
         narrative="No acute cardiopulmonary abnormality.",
-        impression=None,
         model_label=TEST_MODEL,
         is_test_model=True,
         task="cxr-localize",
     )
-    path = write_tmp(sr, tmp_path)
-    assert dciodvfy_errors(path) == []
-    assert pixelmed_sr_errors(path) == []
+    validated_report(sr, tmp_path)
 
 
 def test_non_ascii_text_switches_to_utf8(cr: Dataset, cr_image: RadiographImage) -> None:
@@ -305,19 +312,93 @@ def test_non_ascii_text_switches_to_utf8(cr: Dataset, cr_image: RadiographImage)
 def test_box_outside_the_source_is_refused(cr: Dataset) -> None:
     box = SourceBox("nodule", 0.0, 0.0, 3000.0, 10.0)
     with pytest.raises(ValueError, match="nodule"):
-        build_measurement_report(
-            cr,
-            [LocalizedFinding("nodule", box)],
-            narrative="x",
-            impression=None,
-            model_label=MODEL,
-            is_test_model=False,
-            task="cxr-localize",
-        )
+        build([cr], [LocalizedFinding("nodule", box)])
 
 
 def test_empty_narrative_is_refused(cr: Dataset) -> None:
     with pytest.raises(ValueError, match="narrative"):
-        build_measurement_report(
-            cr, [], narrative=" ", impression=None, model_label=MODEL, is_test_model=False, task="t"
-        )
+        build([cr], [], narrative=" ")
+
+
+# --- several sources: a volume's slices, an enhanced CT's frames --------------------------
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    return headers(make_ct_series(tmp_path_factory.mktemp("ct"), n_slices=6))
+
+
+def test_volume_slices_are_listed_and_referenced_per_finding(
+    ct: list[Dataset], tmp_path: Path
+) -> None:
+    nodule = LocalizedFinding(
+        "nodule",
+        images=(ImageReference(ct[2].SOPInstanceUID), ImageReference(ct[3].SOPInstanceUID)),
+    )
+    other = LocalizedFinding("swirly shadow", images=(ImageReference(ct[5].SOPInstanceUID),))
+    conclusion = "Any acute abnormality in the CT volume: yes (the model's final answer)"
+    sr = build(
+        ct,
+        [nodule, other, LocalizedFinding("mass")],
+        conclusion=conclusion,
+        model_label=TEST_MODEL,
+        is_test_model=True,
+    )
+    path, content = validated_report(sr, tmp_path)
+    back = pydicom.dcmread(path)
+    uids = [str(ds.SOPInstanceUID) for ds in ct]
+    assert library_uids(back) == uids
+    assert sorted(evidence_uids(back)) == sorted(uids)
+    assert texts(back, "Conclusion") == [conclusion]
+    assert back.BodyPartExamined == "HEAD"
+    groups = content.get_image_measurement_groups()
+    assert [g.tracking_identifier for g in groups] == ["1: nodule", "2: swirly shadow", "3: mass"]
+    assert [[i.referenced_sop_instance_uid for i in g.source_images] for g in groups] == [
+        uids[2:4],
+        uids[5:6],
+        [],
+    ]
+    assert groups[0].source_images[0].referenced_sop_class_uid == ct[2].SOPClassUID
+
+
+def test_frames_of_an_enhanced_ct_are_referenced_by_number(tmp_path: Path) -> None:
+    path, _ = make_enhanced_ct(tmp_path / "ect", n_frames=5)
+    [ect] = headers([path])
+    uid = ect.SOPInstanceUID
+    finding = LocalizedFinding("lesion", images=(ImageReference(uid, 4), ImageReference(uid, 2)))
+    _, content = validated_report(build([ect], [finding]), tmp_path)
+    [group] = content.get_image_measurement_groups()
+    [image] = group.source_images
+    assert image.referenced_sop_instance_uid == uid
+    assert image.referenced_frame_numbers == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("finding", "message"),
+    [
+        (LocalizedFinding("x", images=(ImageReference("1.2.3"),)), "not among"),
+        (
+            LocalizedFinding("x", box=SourceBox("x", 0, 0, 1, 1), images=(ImageReference("1"),)),
+            "box",
+        ),
+    ],
+)
+def test_references_to_no_source_are_refused(
+    ct: list[Dataset], finding: LocalizedFinding, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        build(ct, [finding])
+
+
+def test_a_frame_the_source_lacks_is_refused(ct: list[Dataset]) -> None:
+    finding = LocalizedFinding("x", images=(ImageReference(ct[0].SOPInstanceUID, 2),))
+    with pytest.raises(ValueError, match="has 1 frame"):
+        build(ct, [finding])
+
+
+def test_sources_of_two_studies_or_none_are_refused(ct: list[Dataset], cr: Dataset) -> None:
+    with pytest.raises(ValueError) as caught:
+        build([*ct, cr], [])
+    assert str(cr.StudyInstanceUID) in str(caught.value)
+    with pytest.raises(ValueError, match="at least one"):
+        build([], [])

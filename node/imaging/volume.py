@@ -48,6 +48,7 @@ __all__ = [
     "CT_WINDOWS",
     "MAX_SLICES",
     "SUPPORTED_MODALITIES",
+    "SliceSource",
     "VolumeInput",
     "sample_indices",
     "series_to_sitk",
@@ -73,6 +74,15 @@ Sources = Sequence[Dataset] | Sequence[Path] | Sequence[str]
 
 
 @dataclass(frozen=True)
+class SliceSource:
+    """The stored image one sent slice is, so a result can point a viewer at it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None = None  # 1-based, for a frame of a multi-frame object
+
+
+@dataclass(frozen=True)
 class VolumeInput:
     """The model input for one CT or MR series, plus how it was derived."""
 
@@ -86,6 +96,12 @@ class VolumeInput:
     resampled: bool = False  # True when resampled onto an axial grid
     # JSON-serialisable: spacing, slice counts, gaps, irregular, plane, dropped counts by reason.
     geometry: dict[str, object] = field(default_factory=dict)
+    # Per sent image, the instance (and frame) it is; None for a resampled slice, which
+    # is made from several.
+    slice_sources: list[SliceSource | None] = field(default_factory=list)
+    # The SOP Instance UIDs the sent images were made from, each once, in stack order:
+    # the sampled slices' instances, or every stack instance when resampled.
+    source_instance_uids: list[str] = field(default_factory=list)
 
 
 def sample_indices(n: int, max_slices: int = MAX_SLICES) -> list[int]:
@@ -169,11 +185,13 @@ def series_to_volume_input(
             }
         else:
             notes.append(f"not resampled to axial: {refusal}")
+    # A resampled slice is made from every frame; an acquired one is one frame.
+    used_frames = stack.frames
     if grid is None:
         indices = sample_indices(len(stack.frames), max_slices)
-        sampled = [stack.frames[i] for i in indices]
-        images = _acquired_images(stack, sampled, notes)
-        z_positions = [f.position for f in sampled]
+        used_frames = [stack.frames[i] for i in indices]
+        images = _acquired_images(stack, used_frames, notes)
+        z_positions = [f.position for f in used_frames]
         if non_axial:
             notes.append(
                 f"sent in the acquisition plane ({_plane_text(stack)}); model was trained on axial"
@@ -202,6 +220,12 @@ def series_to_volume_input(
         plane=plane.value,
         resampled=grid is not None,
         geometry=geometry,
+        slice_sources=(
+            [_slice_source(f) for f in used_frames] if grid is None else [None] * len(images)
+        ),
+        source_instance_uids=list(
+            dict.fromkeys(uid for f in used_frames if (uid := _sop_instance_uid(f)) is not None)
+        ),
     )
 
 
@@ -411,6 +435,21 @@ def _grey_images(volume: np.ndarray, notes: list[str]) -> list[Image.Image]:
 
 
 # --- small helpers -------------------------------------------------------------------
+
+
+def _sop_instance_uid(frame: Frame) -> str | None:
+    uid = frame.header.get("SOPInstanceUID")
+    return str(uid) if uid else None
+
+
+def _slice_source(frame: Frame) -> SliceSource | None:
+    """The stored image a sampled frame is; None when its header names no instance."""
+    uid = _sop_instance_uid(frame)
+    sop_class = frame.header.get("SOPClassUID")
+    if uid is None or not sop_class:
+        return None
+    number = frame.frame_index + 1 if frame.frame_index is not None else None
+    return SliceSource(str(sop_class), uid, number)
 
 
 def _background(stack: Stack) -> float:

@@ -16,26 +16,28 @@ from typing import Literal
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from node.config import ImagingSettings, LocalizationSettings, Output, Task
 from node.imaging.context import ClinicalContext, clinical_context
 from node.imaging.document import document_to_pages
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
-from node.imaging.volume import series_to_volume_input
-from node.imaging.wsi import wsi_to_patches
+from node.imaging.volume import VolumeInput, series_to_volume_input
+from node.imaging.wsi import WsiInput, wsi_to_patches
 from node.inference.answers import (
     AnswerError,
-    LabResult,
     parse_boxes,
     parse_lab_results,
     parse_longitudinal,
     parse_wsi_description,
     report_sections,
     strip_thinking,
+    yes_no,
 )
 from node.inference.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
+    VOLUME_DEFAULT_FINDING,
     cxr_localize_prompt,
     cxr_longitudinal_prompt,
     cxr_report_prompt,
@@ -48,8 +50,9 @@ from node.priors.lookup import PriorLookup
 from node.results.boxes import map_boxes
 from node.results.findings import named_findings
 from node.results.gsps import build_gsps
+from node.results.labs import lab_number
 from node.results.sc import build_burned_in_sc
-from node.results.sr import build_findings_sr
+from node.results.slices import volume_findings
 from node.results.tid1500 import LocalizedFinding, build_measurement_report
 
 log = logging.getLogger(__name__)
@@ -187,10 +190,13 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         notes=notes + list(radiograph.notes) + localization_notes,
         findings=[f.label for f in findings],
         boxes=[asdict(box) for box in boxes],
+        # For the worklist: what a reader scans first.
+        impression=impression,
+        report=report,
     )
     results = [
         build_measurement_report(
-            ds,
+            [ds],
             findings,
             narrative=narrative,
             impression=impression,
@@ -265,6 +271,8 @@ def _previous_reports(job: TaskInput) -> list[Dataset]:
 
 
 def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
+    """The yes/no volume question on the study's main stack, as a TID 1500 report whose
+    findings cite the slices the answer names."""
     # The series with the most instances is the study's main stack; others are noted.
     ranked = sorted(job.series.items(), key=lambda item: len(item[1]), reverse=True)
     errors: list[str] = []
@@ -287,7 +295,7 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             context=context.text if context else None,
             max_new_tokens=job.token_limit,
         )
-        findings = _generate(
+        answer = _generate(
             engine,
             prompt,
             job.save_inputs,
@@ -303,12 +311,25 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
                 **_context_record(context),
             },
         )
-        sr = build_findings_sr(
-            headers,
-            findings,
-            task=job.task.value,
+        text = strip_thinking(answer) or answer
+        verdict = yes_no(text)
+        named = volume_findings(text, volume.slice_sources, verdict=verdict)
+        by_uid = {str(h.SOPInstanceUID): h for h in headers if "SOPInstanceUID" in h}
+        sources = [by_uid[uid] for uid in volume.source_instance_uids if uid in by_uid]
+        if not sources:
+            raise InputError(
+                f"series {series_uid}: no readable header names the instances the sent "
+                "slices came from"
+            )
+        sr = build_measurement_report(
+            sources,
+            named.findings,
+            narrative=text,
+            impression=None,
+            conclusion=_volume_conclusion(verdict, modality),
             model_label=engine.label,
             is_test_model=engine.is_test_model,
+            task=job.task.value,
             context_used=context.text if context else None,
             previous_versions=_previous_reports(job),
         )
@@ -319,12 +340,32 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             "plane": volume.plane,
             "resampled": volume.resampled,
             "geometry": volume.geometry,
-            "notes": list(volume.notes) + errors,
+            "verdict": verdict,
+            "findings": [f.label for f in named.findings],
+            "cited_slices": named.cited,
+            "notes": list(volume.notes) + errors + named.notes + _resampled_note(volume),
             "other_series": [uid for uid, _ in ranked if uid != series_uid],
             **_context_record(context),
         }
         return TaskOutcome(results=[sr], record=record)
     raise InputError("no series could be assembled into a volume: " + "; ".join(errors))
+
+
+def _resampled_note(volume: VolumeInput) -> list[str]:
+    if not volume.resampled:
+        return []
+    return [
+        "resampled slices are each made from several stored images: the report cites no "
+        "image per slice, and lists every instance of the stack as its source"
+    ]
+
+
+def _volume_conclusion(verdict: bool | None, modality: str) -> str:
+    """The yes/no answer to the question the prompt asked (about VOLUME_DEFAULT_FINDING)."""
+    asked = f"{VOLUME_DEFAULT_FINDING.capitalize()} in the {modality} volume"
+    if verdict is None:
+        return f"{asked}: the model gave no final yes/no answer"
+    return f"{asked}: {'yes' if verdict else 'no'} (the model's final answer)"
 
 
 def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
@@ -356,24 +397,69 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
         description = parse_wsi_description(answer)
     except AnswerError as e:
         raise InputError(f"{engine.label} gave no usable description: {e}") from e
-    level = [h for h in headers if h.SeriesInstanceUID == slide.series_uid] or headers
-    sr = build_findings_sr(
+    level = _level_headers(headers, slide)
+    sr = build_measurement_report(
         level,
-        description,
-        task=job.task.value,
+        [],
+        narrative=description,
+        impression=None,
         model_label=engine.label,
         is_test_model=engine.is_test_model,
+        task=job.task.value,
+        previous_versions=_previous_reports(job),
     )
     record: dict[str, object] = {
         "series": slide.series_uid,
         "patches_sent": len(slide.patches),
         "level_index": slide.level_index,
+        "level_instances": [str(h.SOPInstanceUID) for h in level],
         "magnification": slide.magnification,
         "tissue": tissue,
         "procedure": None,
         "notes": slide.notes,
     }
     return TaskOutcome(results=[sr], record=record)
+
+
+def _level_headers(headers: list[Dataset], slide: WsiInput) -> list[Dataset]:
+    """The instances of the pyramid level the patches were cut from.
+
+    Levels are numbered as :func:`node.imaging.wsi.wsi_to_patches` numbers them: the
+    distinct total pixel matrices of the series' VL WSI images (labels and overviews
+    aside), largest first; a concatenated level has several instances.
+    """
+    pyramid = [
+        h
+        for h in headers
+        if h.get("SOPClassUID") == VLWholeSlideMicroscopyImageStorage
+        and h.get("SeriesInstanceUID") == slide.series_uid
+        and "TotalPixelMatrixRows" in h
+        and "TotalPixelMatrixColumns" in h
+        and _image_flavour(h) not in _FLAVOURS_OUTSIDE_PYRAMID
+    ]
+    sizes = sorted(
+        {(int(h.TotalPixelMatrixRows), int(h.TotalPixelMatrixColumns)) for h in pyramid},
+        key=lambda size: -size[0] * size[1],
+    )
+    if slide.level_index >= len(sizes):
+        raise InputError(
+            f"series {slide.series_uid}: level {slide.level_index} not among the "
+            f"{len(sizes)} level(s) whose headers could be read again"
+        )
+    size = sizes[slide.level_index]
+    return [
+        h for h in pyramid if (int(h.TotalPixelMatrixRows), int(h.TotalPixelMatrixColumns)) == size
+    ]
+
+
+def _image_flavour(ds: Dataset) -> str:
+    """Value 3 of Image Type (VOLUME, LABEL, OVERVIEW… for a WSI), upper case; "" if none."""
+    value = ds.get("ImageType")
+    values = [value] if isinstance(value, str) else list(value or [])
+    return str(values[2]).upper() if len(values) > 2 else ""
+
+
+_FLAVOURS_OUTSIDE_PYRAMID = frozenset({"LABEL", "OVERVIEW"})
 
 
 def _tissue(ds: Dataset) -> str | None:
@@ -409,43 +495,32 @@ def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     except AnswerError as e:
         # A deterministic model gives the same answer again: fail with the reason.
         raise InputError(f"{engine.label} answered with no valid lab results: {e}") from e
-    sources = [
-        h for h in _readable_headers(paths) if h.SOPInstanceUID in document.sop_instance_uids
-    ]
-    sr = build_findings_sr(
+    by_uid = {str(h.SOPInstanceUID): h for h in _readable_headers(paths) if "SOPInstanceUID" in h}
+    sources = [by_uid[uid] for uid in dict.fromkeys(document.sop_instance_uids) if uid in by_uid]
+    if not sources:
+        raise InputError("the document's headers can't be read again")
+    sr = build_measurement_report(
         sources,
-        f"{len(results)} lab test(s) extracted from {len(document.pages)} page(s).",
-        task=job.task.value,
+        [],
+        narrative=f"{len(results)} lab test(s) extracted from {len(document.pages)} page(s).",
+        impression=None,
         model_label=engine.label,
         is_test_model=engine.is_test_model,
-        finding_items=[_lab_line(result) for result in results],
+        task=job.task.value,
+        lab_items=results,
+        previous_versions=_previous_reports(job),
     )
+    uncoded = [r for r in results if lab_number(r) is None]
     record: dict[str, object] = {
         "pages": len(document.pages),
         "lab_results": [asdict(result) for result in results],
-        "notes": document.notes,
+        "notes": document.notes
+        + [
+            f"lab test {r.name!r}: result {r.result!r} is not a number, kept as text only"
+            for r in uncoded
+        ],
     }
     return TaskOutcome(results=[sr], record=record)
-
-
-def _lab_line(result: LabResult) -> str:
-    """One lab test as a line a reader scans: name, result, unit, range, then the rest."""
-    line = f"{result.name}: {result.result}"
-    if result.unit:
-        line += f" {result.unit}"
-    if result.range:
-        line += f" (reference {result.range})"
-    extras = [
-        f"{label} {value}"
-        for label, value in (
-            ("panel", result.panel),
-            ("method", result.method),
-            ("specimen", result.specimen),
-            ("collected", result.sample_collection_time),
-        )
-        if value
-    ]
-    return line + (f"; {'; '.join(extras)}" if extras else "")
 
 
 def _readable_headers(paths: list[Path]) -> list[Dataset]:

@@ -1,6 +1,6 @@
 """Wording that must travel with every object the node sends back to the PACS.
 
-Kept in one place so the SR, and later the GSPS and secondary captures, say the
+Kept in one place so the SR, the GSPS and the secondary captures say the
 same thing: a reader in the PACS sees the warning whichever object they open.
 """
 
@@ -9,15 +9,11 @@ from __future__ import annotations
 __all__ = [
     "TEST_MODEL_BANNER",
     "disclaimer_text",
-    "series_description",
 ]
 
 # Shouted on purpose: a test model's output can look plausible, and nobody may
 # mistake it for MedGemma's.
 TEST_MODEL_BANNER = "TEST MODEL OUTPUT - NOT MEDGEMMA"
-
-# Series Description is LO: 64 characters at most.
-_LO_MAX = 64
 
 
 def disclaimer_text(model_label: str, *, is_test_model: bool) -> str:
@@ -40,19 +36,4 @@ def disclaimer_text(model_label: str, *, is_test_model: bool) -> str:
             f"{TEST_MODEL_BANNER}. Produced by a stand-in model used to test the "
             f"node, not by MedGemma; carries no clinical meaning. {text}"
         )
-    return text
-
-
-def series_description(*, is_test_model: bool) -> str:
-    """Return the Series Description of the findings series.
-
-    The PACS series list is often the first thing a reader sees, so the
-    unverified (and, for test models, fake) nature shows there too.
-    """
-    if is_test_model:
-        text = f"{TEST_MODEL_BANNER} findings (UNVERIFIED)"
-    else:
-        text = "MedGemma findings (UNVERIFIED)"
-    if len(text) > _LO_MAX:  # guards future edits of the wording
-        raise ValueError(f"series description exceeds {_LO_MAX} characters: {text!r}")
     return text

@@ -1,11 +1,14 @@
 """The measurement report: a Comprehensive 3D SR holding TID 1500, findings coded and boxed.
 
-Where ``node.results.sr`` writes the model's text, this document gives a PACS
-something it can draw and query: one TID 1410 planar ROI group per localised
-finding (the box as a closed polyline in source pixels, the finding coded),
-one TID 1501 group per finding without a box, and the free text (narrative,
-impression, verdicts, lab tests, disclaimer) in the report-level "Qualitative
-Evaluations" container. Pure: headers and findings in, a ``Dataset`` out.
+Every task's result document. It gives a PACS something it can draw and query:
+one TID 1410 planar ROI group per localised finding (the box as a closed
+polyline in source pixels, the finding coded), one TID 1501 group per finding
+without a box (with the images it refers to, e.g. the CT slices an answer
+cites), one TID 1501 group per numeric lab test (:mod:`node.results.labs`), and
+the free text (narrative, impression, conclusion, verdicts, lab tests,
+disclaimer) in the report-level "Qualitative Evaluations" container. The image
+library lists every image the model saw. Pure: headers and findings in, a
+``Dataset`` out.
 
 Content tree::
 
@@ -13,7 +16,8 @@ Content tree::
       HAS CONCEPT MOD  Language of Content Item and Descendants
       HAS OBS CONTEXT  Observer Type = Device, UID / Name / Manufacturer / Model Name
       HAS CONCEPT MOD  Procedure reported = Imaging procedure
-      CONTAINS  CONTAINER Image Library > Image Library Group > IMAGE (TID 1601/1602)
+      CONTAINS  CONTAINER Image Library > Image Library Group > IMAGE (TID 1601/1602),
+                one per source image (none for a PDF: no library then)
       CONTAINS  CONTAINER Imaging Measurements
         CONTAINS  CONTAINER Measurement Group (TID 1410, one per box)
           Tracking Identifier (label) / Tracking Unique Identifier
@@ -21,8 +25,16 @@ Content tree::
           CONTAINS  SCOORD Image Region POLYLINE (5 points, closed)
           HAS CONCEPT MOD  Algorithm Name / Version / Parameters
         CONTAINS  CONTAINER Measurement Group (TID 1501, one per unboxed finding)
+          Tracking Identifier / Tracking Unique Identifier
+          CONTAINS  CODE Finding = coded finding
+          HAS CONCEPT MOD  Algorithm Name / Version / Parameters
+          CONTAINS  IMAGE Source of Measurement (the slices the finding refers to)
+        CONTAINS  CONTAINER Measurement Group (TID 1501, one per numeric lab test)
+          CONTAINS  NUM LOINC or named test, UCUM unit
+            HAS PROPERTIES  TEXT Normal Range Description = reference range
       CONTAINS  CONTAINER Qualitative Evaluations
-        CONTAINS  TEXT Comment = disclaimer, TEXT Findings / Impression / Finding ...
+        CONTAINS  TEXT Comment = disclaimer, TEXT Findings / Impression / Conclusion /
+                  Finding ...
 """
 
 from __future__ import annotations
@@ -35,7 +47,6 @@ from dataclasses import dataclass
 import highdicom as hd
 from highdicom.sr import (
     AlgorithmIdentification,
-    CodeContentItem,
     CodedConcept,
     Comprehensive3DSR,
     ContainerContentItem,
@@ -43,15 +54,14 @@ from highdicom.sr import (
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
     GraphicTypeValues,
-    ImageContentItem,
     ImageRegion,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
-    NumContentItem,
     ObservationContext,
     ObserverContext,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     RelationshipTypeValues,
+    SourceImageForMeasurementGroup,
     SourceImageForRegion,
     TextContentItem,
     TrackingIdentifier,
@@ -65,6 +75,8 @@ from node.results.boxes import SourceBox, box_tracking_uid
 from node.results.codes import coded_finding
 from node.results.content import algorithm_identification, derived_uid, device_observer_uid
 from node.results.disclaimer import TEST_MODEL_BANNER, disclaimer_text
+from node.results.image_library import image_library, is_image
+from node.results.labs import LAB_SCHEME, lab_measurement_group, lab_scheme_identification, lab_text
 from node.results.sr import (
     COMPLETION_DESCRIPTION,
     character_set,
@@ -72,7 +84,12 @@ from node.results.sr import (
     evidence_header,
 )
 
-__all__ = ["LocalizedFinding", "build_measurement_report", "measurement_series_description"]
+__all__ = [
+    "ImageReference",
+    "LocalizedFinding",
+    "build_measurement_report",
+    "measurement_series_description",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,21 +99,31 @@ QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluati
 # What was imaged. A chest radiograph has no entry in CID 100 (quantitative
 # procedures); "Imaging procedure" is true of every source the node reads.
 PROCEDURE_REPORTED = CodedConcept.from_code(codes.SCT.ImagingProcedure)
-# The SCT concept PS3.16 (and highdicom's TID 1600) names library images with.
-_SOURCE = CodedConcept("260753009", "SCT", "Source")
-_PIXELS = CodedConcept("{pixels}", "UCUM", "Pixels")
 _IMPRESSION = CodedConcept("121073", "DCM", "Impression")
+_CONCLUSION = CodedConcept.from_code(codes.DCM.Conclusion)
 _CLINICAL_CONTEXT = CodedConcept.from_code(codes.DCM.History)
 _LO_MAX = 64
 _TRACKING_ID_MAX = 64
 
+_Group = PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """One of the report's source images, or one frame of a multi-frame source."""
+
+    sop_instance_uid: str
+    frame_number: int | None = None  # 1-based
+
 
 @dataclass(frozen=True)
 class LocalizedFinding:
-    """A finding the model named, with its box in source pixels when it gave one."""
+    """A finding the model named: its box in pixels of the first source when it gave one,
+    else the source images it refers to (a volume's slices), if any."""
 
     label: str
     box: SourceBox | None = None
+    images: tuple[ImageReference, ...] = ()
 
 
 def measurement_series_description(task: str, model_label: str, *, is_test_model: bool) -> str:
@@ -110,7 +137,7 @@ def measurement_series_description(task: str, model_label: str, *, is_test_model
 
 
 def build_measurement_report(
-    source: Dataset,
+    sources: Sequence[Dataset],
     findings: Sequence[LocalizedFinding],
     *,
     narrative: str,
@@ -118,6 +145,7 @@ def build_measurement_report(
     model_label: str,
     is_test_model: bool,
     task: str,
+    conclusion: str | None = None,
     verdicts: Sequence[str] = (),
     prior_sources: Sequence[Dataset] = (),
     lab_items: Sequence[LabResult] = (),
@@ -131,32 +159,42 @@ def build_measurement_report(
     sop_instance_uid: str | None = None,
     now: datetime.datetime | None = None,
 ) -> Dataset:
-    """Build the TID 1500 measurement report for one source image.
+    """Build the TID 1500 measurement report on the images (or documents) the model saw.
 
     Parameters
     ----------
-    source:
-        The image the model looked at (a header suffices); patient, study and
-        Body Part Examined are copied from it and boxes refer to its pixels.
+    sources:
+        What the model looked at, headers suffice, one study: a radiograph, the
+        instances of a volume's sent slices, a WSI level, a document's instances.
+        Patient, study, Institution Name and Body Part Examined come from the
+        first, boxes refer to the first's pixels. Images (with Rows and Columns)
+        are listed in the image library; all are listed as evidence.
     findings:
-        Findings in the order the model gave them; boxes in source pixels.
+        Findings in the order the model gave them; boxes in pixels of the first
+        source, image references to sources (frames 1-based).
     narrative, impression:
         The model's report text; the narrative must not be empty.
     model_label, is_test_model, task:
         Which model ran what; a test model is marked in the series description,
         the disclaimer and the device observer name.
+    conclusion:
+        The model's final answer to the question it was asked (a volume's yes/no),
+        a TEXT "Conclusion".
     verdicts:
         Per-finding comparison statements, one TEXT item each.
     prior_sources:
         Images of an earlier study the model compared with; listed as evidence.
     lab_items:
-        Lab tests extracted from a document, one TEXT item each.
+        Lab tests extracted from a document: a TEXT item each, and a measurement
+        group with a coded NUM each whose result is a number.
     context_used:
         Clinical context given to the model, recorded when not empty.
     previous_versions:
         Earlier reports of the same study and task this one replaces.
-    series_number, instance_number, manufacturer, software_version:
-        As for :func:`node.results.sr.build_findings_sr`.
+    series_number, instance_number:
+        Numbers of the new series and of this instance in it.
+    manufacturer, software_version:
+        General Equipment values for this node.
     series_instance_uid, sop_instance_uid:
         Fixed UIDs for an idempotent retry; new ones when omitted.
     now:
@@ -165,19 +203,29 @@ def build_measurement_report(
     Raises
     ------
     ValueError
-        Empty narrative, task or model label; a source without pixel geometry;
-        a box outside the source image.
+        Empty narrative, task or model label; no sources or sources of several
+        studies; a box without an image to lie on, or outside it; an image
+        reference to no source, or to a frame the source doesn't have.
     """
     for name, value in (("narrative", narrative), ("task", task), ("model_label", model_label)):
         if not value.strip():
             raise ValueError(f"{name} must not be empty or white space only")
-    _check_source(source, findings)
+    sources = _distinct(sources)
+    _check_sources(sources, findings)
+    first = sources[0]
     created = now if now is not None else datetime.datetime.now()
     algorithm = algorithm_identification(model_label, software_version, task)
-    groups = [
-        _finding_group(source, index, finding, algorithm)
+    classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in sources}
+    groups: list[_Group] = [
+        _finding_group(first, classes, index, finding, algorithm)
         for index, finding in enumerate(findings, 1)
-    ] or [_no_finding_group(source, algorithm)]
+    ]
+    lab_groups = [
+        lab_measurement_group(lab, index, algorithm, str(first.SOPInstanceUID))
+        for index, lab in enumerate(lab_items, 1)
+    ]
+    groups += [group for group in lab_groups if group is not None]
+    groups = groups or [_no_finding_group(first, algorithm)]
     report = MeasurementReport(
         observation_context=_observation_context(model_label, is_test_model, manufacturer),
         procedure_reported=PROCEDURE_REPORTED,
@@ -187,17 +235,19 @@ def build_measurement_report(
         disclaimer_text(model_label, is_test_model=is_test_model),
         narrative,
         impression,
+        conclusion,
         findings,
         verdicts,
         lab_items,
         context_used,
     )
     root = report[0]
-    _insert_before_measurements(root, _image_library(source))
+    library = image_library(sources)
+    if library is not None:
+        _insert_before_measurements(root, library)
     root.ContentSequence.append(_qualitative_evaluations(text_items))
-    header = evidence_header(source)
     sr = Comprehensive3DSR(
-        evidence=[header, *(evidence_header(ds) for ds in prior_sources)],
+        evidence=[evidence_header(ds) for ds in [*sources, *_distinct(prior_sources)]],
         content=report,
         previous_versions=list(previous_versions) or None,
         series_instance_uid=hd.UID(series_instance_uid),
@@ -209,20 +259,21 @@ def build_measurement_report(
         is_complete=False,
         is_final=False,
         is_verified=False,
-        institution_name=source.get("InstitutionName") or None,
+        institution_name=first.get("InstitutionName") or None,
         series_description=measurement_series_description(
             task, model_label, is_test_model=is_test_model
         ),
         software_versions=software_version,
         specific_character_set=character_set(
-            source,
+            first,
             narrative,
             impression or "",
+            conclusion or "",
             model_label,
             task,
             *verdicts,
             *(f.label for f in findings),
-            *(_lab_text(lab) for lab in lab_items),
+            *(lab_text(lab) for lab in lab_items),
             context_used or "",
         ),
         content_date=created.date(),
@@ -230,34 +281,100 @@ def build_measurement_report(
         series_date=created.date(),
         series_time=created.time(),
     )
-    if "BodyPartExamined" in source:
-        sr.BodyPartExamined = source.BodyPartExamined
+    if "BodyPartExamined" in first:
+        sr.BodyPartExamined = first.BodyPartExamined
+    if _uses_lab_scheme(groups):
+        sr.CodingSchemeIdentificationSequence = [lab_scheme_identification()]
     sr.CompletionFlagDescription = COMPLETION_DESCRIPTION
     complete_deidentification(sr)
     logger.info(
-        "built measurement report %s: %d finding(s), %d boxed, test model: %s",
+        "built measurement report %s on %d source(s): %d finding(s), %d boxed, "
+        "%d with images, %d coded lab test(s), test model: %s",
         sr.SOPInstanceUID,
+        len(sources),
         len(findings),
         sum(f.box is not None for f in findings),
+        sum(bool(f.images) for f in findings),
+        sum(group is not None for group in lab_groups),
         is_test_model,
     )
     return sr
 
 
-def _check_source(source: Dataset, findings: Sequence[LocalizedFinding]) -> None:
-    uid = source.get("SOPInstanceUID", "<no SOPInstanceUID>")
-    if "Rows" not in source or "Columns" not in source:
+def _distinct(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Each instance once (several frames of one object, a page twice), in the order given."""
+    by_uid: dict[str, Dataset] = {}
+    for ds in datasets:
+        by_uid.setdefault(str(ds.get("SOPInstanceUID", "")), ds)
+    return list(by_uid.values())
+
+
+def _check_sources(sources: Sequence[Dataset], findings: Sequence[LocalizedFinding]) -> None:
+    """One study, every reference resolvable, every box inside the first source."""
+    if not sources:
+        raise ValueError("sources must hold at least one instance")
+    for position, ds in enumerate(sources):
+        missing = [
+            keyword
+            for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID")
+            if not ds.get(keyword)
+        ]
+        if missing:
+            raise ValueError(f"source at position {position} has no {', '.join(missing)}")
+    studies = sorted({str(ds.StudyInstanceUID) for ds in sources})
+    if len(studies) > 1:
+        raise ValueError(
+            "sources must belong to one study, got StudyInstanceUIDs: " + ", ".join(studies)
+        )
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    for finding in findings:
+        if finding.box is not None:
+            if finding.images:
+                raise ValueError(
+                    f"finding {finding.label!r}: a box lies on the first source; "
+                    "give it no image references"
+                )
+            _check_box(sources[0], finding.label, finding.box)
+        for reference in finding.images:
+            _check_reference(by_uid, finding.label, reference)
+
+
+def _check_box(source: Dataset, label: str, box: SourceBox) -> None:
+    uid = source.SOPInstanceUID
+    if not is_image(source):
         raise ValueError(f"source {uid} has no Rows/Columns: boxes need an image")
     rows, columns = int(source.Rows), int(source.Columns)
-    for finding in findings:
-        box = finding.box
-        if box is None:
-            continue
-        if not (0 <= box.top < box.bottom <= rows and 0 <= box.left < box.right <= columns):
-            raise ValueError(
-                f"finding {finding.label!r}: box {box} is not inside source {uid} "
-                f"({columns} columns × {rows} rows); map it with node.results.boxes"
-            )
+    if not (0 <= box.top < box.bottom <= rows and 0 <= box.left < box.right <= columns):
+        raise ValueError(
+            f"finding {label!r}: box {box} is not inside source {uid} "
+            f"({columns} columns × {rows} rows); map it with node.results.boxes"
+        )
+
+
+def _check_reference(by_uid: dict[str, Dataset], label: str, reference: ImageReference) -> None:
+    source = by_uid.get(reference.sop_instance_uid)
+    if source is None or not is_image(source):
+        raise ValueError(
+            f"finding {label!r}: image {reference.sop_instance_uid} is not among the "
+            "report's image sources"
+        )
+    frame = reference.frame_number
+    frames = int(source.get("NumberOfFrames", 1) or 1)
+    if frame is not None and not 1 <= frame <= frames:
+        raise ValueError(
+            f"finding {label!r}: image {reference.sop_instance_uid} has {frames} frame(s), "
+            f"frame {frame} referenced"
+        )
+
+
+def _uses_lab_scheme(groups: Sequence[_Group]) -> bool:
+    """Does a NUM item in the groups name its concept with the node's private lab scheme?"""
+    return any(
+        item.ConceptNameCodeSequence[0].CodingSchemeDesignator == LAB_SCHEME
+        for group in groups
+        for item in group[0].ContentSequence
+        if item.ValueType == "NUM"
+    )
 
 
 def _observation_context(
@@ -277,80 +394,6 @@ def _observation_context(
         observer_type=codes.cid270.Device, observer_identifying_attributes=attributes
     )
     return ObservationContext(observer_device_context=device)
-
-
-def _image_library(source: Dataset) -> ContainerContentItem:
-    """TID 1600 with one TID 1601 entry, built here rather than by highdicom.
-
-    highdicom's TID 1603 (projection radiography descriptors) reads Imager
-    Pixel Spacing unconditionally; CR (RG1_UNCR among them) often has none.
-    The descriptors below are the ones every image has.
-    """
-    acquisition = RelationshipTypeValues.HAS_ACQ_CONTEXT
-    descriptors: list[ContentItem] = [
-        CodeContentItem(
-            name=codes.DCM.Modality,
-            value=_coded_modality(source),
-            relationship_type=acquisition,
-        ),
-        NumContentItem(
-            name=codes.DCM.PixelDataRows,
-            value=int(source.Rows),
-            unit=_PIXELS,
-            relationship_type=acquisition,
-        ),
-        NumContentItem(
-            name=codes.DCM.PixelDataColumns,
-            value=int(source.Columns),
-            unit=_PIXELS,
-            relationship_type=acquisition,
-        ),
-    ]
-    orientation = source.get("PatientOrientation")
-    if orientation is not None and len(orientation) == 2:
-        descriptors += [
-            TextContentItem(
-                name=codes.DCM.PatientOrientationRow,
-                value=str(orientation[0]),
-                relationship_type=acquisition,
-            ),
-            TextContentItem(
-                name=codes.DCM.PatientOrientationColumn,
-                value=str(orientation[1]),
-                relationship_type=acquisition,
-            ),
-        ]
-    image = ImageContentItem(
-        name=_SOURCE,
-        referenced_sop_class_uid=source.SOPClassUID,
-        referenced_sop_instance_uid=source.SOPInstanceUID,
-        relationship_type=RelationshipTypeValues.CONTAINS,
-    )
-    image.ContentSequence = ContentSequence(descriptors)
-    group = ContainerContentItem(
-        name=codes.DCM.ImageLibraryGroup, relationship_type=RelationshipTypeValues.CONTAINS
-    )
-    group.ContentSequence = ContentSequence([image])
-    library = ContainerContentItem(
-        name=codes.DCM.ImageLibrary, relationship_type=RelationshipTypeValues.CONTAINS
-    )
-    library.ContentSequence = ContentSequence([group])
-    return library
-
-
-def _coded_modality(source: Dataset) -> CodedConcept:
-    """The CID 29 modality code for the source's Modality (DCM codes are the values)."""
-    modality = str(source.get("Modality", "OT"))
-    return CodedConcept(modality, "DCM", _MODALITY_MEANINGS.get(modality, modality))
-
-
-_MODALITY_MEANINGS = {
-    "CR": "Computed Radiography",
-    "DX": "Digital Radiography",
-    "CT": "Computed Tomography",
-    "MR": "Magnetic Resonance",
-    "OT": "Other",
-}
 
 
 def _insert_before_measurements(root: Dataset, item: ContentItem) -> None:
@@ -373,9 +416,16 @@ def _tracking(source: Dataset, index: int, finding: LocalizedFinding) -> Trackin
 
 
 def _finding_group(
-    source: Dataset, index: int, finding: LocalizedFinding, algorithm: AlgorithmIdentification
-) -> PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations:
-    """TID 1410 for a boxed finding, TID 1501 for one without a box."""
+    source: Dataset,
+    classes: dict[str, str],
+    index: int,
+    finding: LocalizedFinding,
+    algorithm: AlgorithmIdentification,
+) -> _Group:
+    """TID 1410 for a boxed finding, TID 1501 (with its images) for one without a box.
+
+    ``classes`` maps the sources' SOP Instance UIDs to their SOP Class UIDs.
+    """
     coded = coded_finding(finding.label)
     tracking = _tracking(source, index, finding)
     if finding.box is None:
@@ -383,6 +433,7 @@ def _finding_group(
             tracking_identifier=tracking,
             finding_type=coded.concept,
             algorithm_id=algorithm,
+            source_images=_source_images(classes, finding.images) or None,
         )
     region = ImageRegion(
         graphic_type=GraphicTypeValues.POLYLINE,
@@ -398,6 +449,25 @@ def _finding_group(
         finding_type=coded.concept,
         algorithm_id=algorithm,
     )
+
+
+def _source_images(
+    classes: dict[str, str], references: Sequence[ImageReference]
+) -> list[SourceImageForMeasurementGroup]:
+    """One IMAGE item per instance, listing the frames referenced in a multi-frame one."""
+    frames: dict[str, list[int]] = {}
+    for reference in references:
+        numbers = frames.setdefault(reference.sop_instance_uid, [])
+        if reference.frame_number is not None and reference.frame_number not in numbers:
+            numbers.append(reference.frame_number)
+    return [
+        SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=classes[uid],
+            referenced_sop_instance_uid=uid,
+            referenced_frame_numbers=sorted(numbers) or None,
+        )
+        for uid, numbers in frames.items()
+    ]
 
 
 def _no_finding_group(
@@ -423,35 +493,27 @@ def _text_evaluations(
     disclaimer: str,
     narrative: str,
     impression: str | None,
+    conclusion: str | None,
     findings: Sequence[LocalizedFinding],
     verdicts: Sequence[str],
     lab_items: Sequence[LabResult],
     context_used: str | None,
 ) -> list[TextContentItem]:
-    """The free text, in reading order: disclaimer first, as in the findings SR."""
+    """The free text, in reading order: disclaimer first, so a viewer shows it on top."""
     finding_name = CodedConcept.from_code(codes.DCM.Finding)
     items = [_text(CodedConcept.from_code(codes.DCM.Comment), disclaimer)]
     items.append(_text(CodedConcept.from_code(codes.LN.Findings), narrative))
     if impression is not None and impression.strip():
         items.append(_text(_IMPRESSION, impression))
+    if conclusion is not None and conclusion.strip():
+        items.append(_text(_CONCLUSION, conclusion))
     # Labels no code fitted keep their words here, next to the coded ones.
     items += [_text(finding_name, f.label) for f in findings if coded_finding(f.label).is_free_text]
     items += [_text(finding_name, verdict) for verdict in verdicts if verdict.strip()]
-    items += [_text(finding_name, _lab_text(lab)) for lab in lab_items]
+    items += [_text(finding_name, lab_text(lab)) for lab in lab_items]
     if context_used is not None and context_used.strip():
         items.append(_text(_CLINICAL_CONTEXT, context_used))
     return items
-
-
-def _lab_text(lab: LabResult) -> str:
-    parts = [f"{lab.name}: {lab.result}"]
-    if lab.unit:
-        parts.append(lab.unit)
-    if lab.range:
-        parts.append(f"(range {lab.range})")
-    if lab.sample_collection_time:
-        parts.append(f"collected {lab.sample_collection_time}")
-    return " ".join(parts)
 
 
 def _qualitative_evaluations(items: Sequence[ContentItem]) -> ContainerContentItem:

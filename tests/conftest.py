@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom.config
 import pytest
@@ -15,6 +15,9 @@ import yaml
 
 from node.store.meta import InstanceMeta
 from tests.peers import NODELAY_ENV, Orthanc, Postgres, free_port
+
+if TYPE_CHECKING:
+    from node.inference.engine import TransformersEngine
 
 # Reading anything the node wrote must pass pydicom's strict checks.
 pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
@@ -29,6 +32,17 @@ def test_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if cached and (Path(cached) / "config.json").exists():
         return Path(cached)
     return build_test_model(tmp_path_factory.mktemp("test-model"))
+
+
+@pytest.fixture(scope="session")
+def engine(test_model: Path) -> TransformersEngine:
+    """The test checkpoint loaded in this process, as the worker loads it."""
+    from node.config import ModelSettings
+    from node.inference.engine import TransformersEngine, load_engine
+
+    loaded = load_engine(ModelSettings(path=test_model), Path("unused-data-dir"))
+    assert isinstance(loaded, TransformersEngine)
+    return loaded
 
 
 @pytest.fixture

@@ -6,15 +6,8 @@ data-directory fallback, doubles as the check that builds are deterministic.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -43,8 +36,7 @@ from node.inference.engine import (
     find_medgemma_weights,
     load_engine,
 )
-from node.inference.request import TEST_MODEL_LABEL, EngineError, Prompt
-from node.inference.served import OpenAIEngine
+from node.inference.request import TEST_MODEL_LABEL, Prompt
 from node.inference.test_model import (
     ANSWERS,
     IMAGE_SIZE,
@@ -232,7 +224,7 @@ def test_longitudinal_prompt_is_prior_current_then_the_notebook_text(
         assert verdict in prompts.LONGITUDINAL_VERDICT_INSTRUCTION
     bare = prompts.cxr_longitudinal_prompt(prior, current, prior_report="  \n", context=None)
     assert bare.content[2] == notebook + "\n\n" + prompts.LONGITUDINAL_VERDICT_INSTRUCTION
-    inputs = engine.inputs(prompt)
+    inputs = engine.inputs([prompt])
     ids = inputs["input_ids"][0].tolist()
     tokenizer = engine._processor.tokenizer
     assert ids.count(tokenizer.image_token_id) == 2 * TOKENS_PER_IMAGE
@@ -258,7 +250,7 @@ def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> No
         "Is the liver normal?",
     )
     assert prompt.max_new_tokens == prompts.VOLUME_MAX_NEW_TOKENS
-    inputs = engine.inputs(prompt)
+    inputs = engine.inputs([prompt])
     ids = inputs["input_ids"][0].tolist()
     tokenizer = engine._processor.tokenizer
     assert ids.count(tokenizer.image_token_id) == len(slices) * TOKENS_PER_IMAGE
@@ -284,7 +276,7 @@ def test_wsi_prompt_puts_the_instruction_before_the_patches(engine: Transformers
     for tissue in (None, "", "  "):
         unknown = prompts.wsi_prompt(patches[:1], tissue=tissue, procedure=None)
         assert unknown.content[0] == prompts.WSI_INSTRUCTION + " unknown, unknown:"
-    inputs = engine.inputs(prompt)
+    inputs = engine.inputs([prompt])
     ids = inputs["input_ids"][0].tolist()
     tokenizer = engine._processor.tokenizer
     assert ids.count(tokenizer.image_token_id) == len(patches) * TOKENS_PER_IMAGE
@@ -309,14 +301,14 @@ def test_lab_report_prompt_is_the_official_text_after_the_pages(
         content=(*pages, official),
         max_new_tokens=prompts.LAB_REPORT_MAX_NEW_TOKENS,
     )
-    text = engine._processor.tokenizer.decode(engine.inputs(prompt)["input_ids"][0])
+    text = engine._processor.tokenizer.decode(engine.inputs([prompt])["input_ids"][0])
     assert text.startswith("<bos><start_of_turn>user\n\n\n<start_of_image>")
     assert text.endswith(official + "<end_of_turn>\n<start_of_turn>model\n")
 
 
 def test_report_prompt_folds_system_into_the_user_turn(engine: TransformersEngine) -> None:
     prompt = prompts.cxr_report_prompt(_gradient(), context='history "quoted"\nsecond line')
-    text = engine._processor.tokenizer.decode(engine.inputs(prompt)["input_ids"][0])
+    text = engine._processor.tokenizer.decode(engine.inputs([prompt])["input_ids"][0])
     assert text.startswith("<bos><start_of_turn>user\nYou are an expert radiologist.\n\n\n\n")
     assert text.endswith(
         'After looking at the indication and patient history "history "quoted" second line"... '
@@ -371,79 +363,6 @@ def test_weights_are_found_in_the_hugging_face_cache(tmp_path: Path) -> None:
     settings = ModelSettings(name="google/medgemma-1.5-4b-it")
     assert find_medgemma_weights(settings, cache_dir=tmp_path) == snapshot
     assert find_medgemma_weights(ModelSettings(name=NOT_CACHED), cache_dir=tmp_path) is None
-
-
-# --- the OpenAI-compatible engine -----------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_openai_engine_names_a_dead_url(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/v1"
-    engine = load_engine(ModelSettings(engine="openai", url=url), tmp_path)
-    with pytest.raises(EngineError, match=f"{url}/chat/completions"):
-        engine.generate(prompts.cxr_report_prompt(_gradient()))
-
-
-def test_openai_engine_needs_a_url(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="model.url"):
-        load_engine(ModelSettings(engine="openai"), tmp_path)
-
-
-@pytest.fixture
-def chat_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A loopback chat completions server that records requests and answers with a trace."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            length = int(self.headers["Content-Length"])
-            received.append({"path": self.path, "body": json.loads(self.rfile.read(length))})
-            content = "thinking about it<unused95>\n" + VOLUME_ANSWER + "\n"
-            reply = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep the test log to the node's own lines
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1/", received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_openai_engine_sends_images_as_data_urls(
-    chat_server: tuple[str, list[dict[str, Any]]],
-) -> None:
-    url, received = chat_server
-    engine = OpenAIEngine(url, model="google/medgemma-1.5-4b-it")
-    slices = [_noise(1, (64, 64)), _gradient(64, 64)]
-    answer = engine.generate(prompts.volume_prompt(slices, "MR"))
-    assert answer == VOLUME_ANSWER
-    assert not engine.is_test_model and engine.label == "google/medgemma-1.5-4b-it"
-    (request,) = received
-    assert request["path"] == "/v1/chat/completions"
-    body = request["body"]
-    assert body["temperature"] == 0 and body["max_tokens"] == prompts.VOLUME_MAX_NEW_TOKENS
-    (user,) = body["messages"]
-    kinds = [part["type"] for part in user["content"]]
-    assert kinds == ["text", "image_url", "text", "image_url", "text", "text"]
-    data_url = user["content"][1]["image_url"]["url"]
-    assert data_url.startswith("data:image/png;base64,")
-    decoded = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1])))
-    assert np.array_equal(np.asarray(decoded), np.asarray(slices[0]))  # lossless
 
 
 # --- prompts and answers, no model -----------------------------------------------------------

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 from datetime import timedelta
 from pathlib import Path
 
+from pydicom import dcmread
 from sqlalchemy import select
 
 from fixtures.series import make_cr_study
 from node.store.index import Index, PlannedJob
 from node.store.models import Job, JobState, Study
 from tests.conftest import instance_meta, node_config, storescu
-from tests.peers import NodeProcess, Postgres, wait_for
+from tests.peers import NodeProcess, Orthanc, Postgres, wait_for
 
 
 def _claim_all(url: str, worker: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -52,8 +54,11 @@ def test_jobs_are_claimed_once_across_processes(postgres: Postgres) -> None:
     index.close()
 
 
-def test_two_nodes_on_one_postgres_process_each_study_once(
-    tmp_path: Path, test_model: Path, postgres: Postgres
+BURST = 8
+
+
+def test_two_nodes_on_one_postgres_share_a_burst_and_each_study_gets_one_result(
+    tmp_path: Path, test_model: Path, postgres: Postgres, orthanc: Orthanc
 ) -> None:
     database = "twonodes"
     with Index(postgres.url).engine.connect() as conn:
@@ -61,8 +66,9 @@ def test_two_nodes_on_one_postgres_process_each_study_once(
             f"CREATE DATABASE {database}"
         )
     url = postgres.url.rsplit("/", 1)[0] + f"/{database}"
+    orthanc.start()
     nodes = []
-    for name in ("a", "b"):
+    for name, batch_size in (("a", 2), ("b", 1)):  # node a runs two jobs at once, batched
         config_path, config = node_config(
             tmp_path / name,
             test_model,
@@ -71,34 +77,47 @@ def test_two_nodes_on_one_postgres_process_each_study_once(
                 "data_dir": str(tmp_path / "shared-data"),
                 "stable_seconds": 1,
             },
+            model={"batch_size": batch_size, "batch_wait_ms": 200},
+            pacs={"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port},
+            outputs=["sr"],
         )
         nodes.append(
             NodeProcess(config_path, tmp_path / f"{name}.log", config["node"]["port"]).start()
         )
+    studies = []
     try:
-        for number in range(4):
+        for node in nodes:  # both models loaded: the burst is shared, not taken by the first
+            wait_for(lambda n=node: " loaded TEST MODEL" in n.log(None), timeout=120, what="model")
+        for number in range(BURST):
             node = nodes[number % 2]
             cr = make_cr_study(tmp_path / f"cr{number}", patient_id=f"PG-{number}")
+            studies.append(str(dcmread(cr, stop_before_pixels=True).StudyInstanceUID))
             assert storescu(node.port, [cr]).returncode == 0
         index = Index(url)
 
         def all_done() -> bool:
             jobs = index.jobs()
-            return len(jobs) == 4 and all(j.state == JobState.DONE for j in jobs)
+            return len(jobs) == BURST and all(j.state == JobState.DONE for j in jobs)
 
-        wait_for(all_done, timeout=240, what="four jobs done on two nodes")
+        wait_for(all_done, timeout=300, what=f"{BURST} jobs done on two nodes")
     finally:
         for node in nodes:
             node.stop()
     jobs = index.jobs()
     assert all(j.attempts == 1 for j in jobs)
-    logs = "".join((tmp_path / f"{n}.log").read_text() for n in ("a", "b"))
+    logs = {n: (tmp_path / f"{n}.log").read_text() for n in ("a", "b")}
+    done_by = {
+        n: len(re.findall(r"\(cxr-report\) of study \S+ done: ", log)) for n, log in logs.items()
+    }
+    assert sum(done_by.values()) == BURST and all(done_by.values()), done_by  # both worked
     for job in jobs:
-        assert logs.count(f"job {job.id} (cxr-report)") >= 1
-        assert (
-            logs.count(
-                f"job {job.id} (cxr-report) of study {index.study(job.study_id).study_uid} done"
-            )
-            == 1
+        done = f"job {job.id} (cxr-report) of study {index.study(job.study_id).study_uid} done"
+        assert sum(log.count(done) for log in logs.values()) == 1
+    # every study has exactly one result at the PACS
+    for study_uid in studies:
+        found = orthanc.post(
+            "/tools/find",
+            {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}},
         )
+        assert len(found) == 1, study_uid
     index.close()

@@ -7,7 +7,9 @@ checkpoint instead, and says so loudly: its label starts with ``TEST MODEL``.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from node.config import ModelSettings
 from node.inference.answers import strip_thinking
 from node.inference.prompts import chat_messages
 from node.inference.request import TEST_MODEL_LABEL, Engine, EngineError, Prompt
-from node.inference.served import OpenAIEngine
+from node.inference.served import OpenAIEngine, ServedModelError
 from node.inference.test_model import build_test_model, is_test_model
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,27 @@ def load_engine(settings: ModelSettings, data_dir: Path) -> Engine:
     if settings.engine == "openai":
         if not settings.url:
             raise ModelLoadError("model.url must be set when model.engine is openai")
-        return OpenAIEngine(settings.url, model=settings.name)
+        api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        logger.info(
+            "model %s at %s (%s), up to %d requests at once",
+            settings.name,
+            settings.url,
+            f"key from ${settings.api_key_env}" if api_key else "no API key",
+            settings.concurrency,
+        )
+        served = OpenAIEngine(
+            settings.url,
+            model=settings.name,
+            timeout=settings.timeout_seconds,
+            retries=settings.retries,
+            concurrency=settings.concurrency,
+            api_key=api_key or None,
+        )
+        try:
+            served.check_model()
+        except ServedModelError as e:
+            raise ModelLoadError(str(e)) from e
+        return served
     weights = find_medgemma_weights(settings)
     if weights is not None:
         label = str(settings.path) if settings.path is not None else settings.name
@@ -147,6 +169,9 @@ class TransformersEngine:
         except Exception as e:  # transformers raises many kinds; all mean "can't load this"
             raise ModelLoadError(f"cannot load the model in {path}: {e}") from e
         self._model = model.to(self._device).eval()
+        # Batched generation needs prompts aligned at their ends.
+        self._processor.tokenizer.padding_side = "left"
+        self._pad_id = self._processor.tokenizer.pad_token_id
         logger.info(
             "loaded %s on %s as %s in %.1f s",
             self._label,
@@ -165,37 +190,56 @@ class TransformersEngine:
     def is_test_model(self) -> bool:
         return self._is_test_model
 
-    def inputs(self, prompt: Prompt) -> dict[str, torch.Tensor]:
-        """The processor's tensors for ``prompt``, on the model's device and dtype."""
+    def inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+        """The processor's tensors for ``prompts`` (left-padded), on the model's device."""
         batch = self._processor.apply_chat_template(
-            chat_messages(prompt),
+            [chat_messages(prompt) for prompt in prompts],
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
+            processor_kwargs={"padding": True},
         )
         # Only floating tensors (pixel values) take the dtype; ids stay integers.
         return dict(batch.to(self._device, dtype=self._dtype))
 
     def generate(self, prompt: Prompt) -> str:
+        return self.generate_batch([prompt])[0]
+
+    def generate_batch(self, prompts: Sequence[Prompt]) -> list[str]:
+        """Greedy answers to ``prompts`` from one ``generate`` call, in order.
+
+        Raises ``torch.cuda.OutOfMemoryError`` as it is, so a caller can retry smaller.
+        """
         started = time.monotonic()
-        inputs = self.inputs(prompt)
+        inputs = self.inputs(prompts)
         prompt_tokens = inputs["input_ids"].shape[-1]
         try:
             with torch.inference_mode():
                 output = self._model.generate(
-                    **inputs, max_new_tokens=prompt.max_new_tokens, do_sample=False
+                    **inputs,
+                    max_new_tokens=max(p.max_new_tokens for p in prompts),
+                    do_sample=False,
                 )
+        except torch.cuda.OutOfMemoryError:
+            raise
         except (RuntimeError, ValueError) as e:
             raise EngineError(f"generation failed on {self._label}: {e}") from e
-        new_tokens = output[0][prompt_tokens:]
-        text = self._processor.decode(new_tokens, skip_special_tokens=True)
+        answers = []
+        generated = 0
+        for row, prompt in zip(output, prompts, strict=True):
+            # Left padding: every row's answer starts at the same column.
+            new_tokens = row[prompt_tokens:][: prompt.max_new_tokens]
+            generated += int((new_tokens != self._pad_id).sum())
+            text = self._processor.decode(new_tokens, skip_special_tokens=True)
+            answers.append(strip_thinking(text))
         logger.info(
-            "%s: %d images, %d prompt tokens, %d new tokens in %.1f s",
+            "%s: %d request(s), %d images, %d prompt tokens each, %d new tokens in %.1f s",
             self._label,
-            len(prompt.images),
+            len(prompts),
+            sum(len(p.images) for p in prompts),
             prompt_tokens,
-            len(new_tokens),
+            generated,
             time.monotonic() - started,
         )
-        return strip_thinking(text)
+        return answers

@@ -1,17 +1,25 @@
 """MedGemma behind an OpenAI-compatible chat completions server (vLLM, SGLang).
 
 Same prompts, same images in the same order as the in-process engine; greedy decoding.
+Requests that may succeed on a second try (no connection, a timeout, HTTP 429 or 5xx)
+are retried with a short doubling wait; a refused request (any other 4xx) is not.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from PIL import Image
@@ -22,17 +30,79 @@ from node.inference.request import EngineError, Prompt
 logger = logging.getLogger(__name__)
 
 OPENAI_TIMEOUT_SECONDS = 600.0
+OPENAI_RETRIES = 2
+OPENAI_CONCURRENCY = 4
 CHAT_COMPLETIONS = "/chat/completions"
+MODELS = "/models"
+# The start-up check only lists names: it never waits as long as a generation may.
+MODELS_TIMEOUT_SECONDS = 30.0
+# First wait before a retry; doubles each time. Short: a server that is down for longer
+# fails the job, and the job loop's own retries (node.retry_seconds) take over.
+RETRY_WAIT_SECONDS = 1.0
+ERROR_DETAIL_CHARS = 500
+
+# The finish reason of an answer cut at max_tokens.
+FINISH_LENGTH = "length"
+
+
+def retryable_status(code: int) -> bool:
+    """Worth a second try: the server is busy, restarting, or its proxy timed out.
+
+    408 is the server's own "request timeout". Every other 4xx says this request itself
+    is refused (too many tokens, a bad image, an unknown model) and would be again.
+    """
+    return code in (HTTPStatus.REQUEST_TIMEOUT, HTTPStatus.TOO_MANY_REQUESTS) or code >= 500
+
+
+class ServedModelError(EngineError):
+    """The server is up but can't serve ``model.name`` to this node (wrong name, refused key)."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failed attempt: what to say, and whether another attempt might succeed."""
+
+    message: str
+    retryable: bool
 
 
 class OpenAIEngine:
-    """MedGemma served by vLLM or any OpenAI-compatible chat completions endpoint."""
+    """MedGemma served by vLLM or any OpenAI-compatible chat completions endpoint.
 
-    def __init__(self, url: str, *, model: str, timeout: float = OPENAI_TIMEOUT_SECONDS) -> None:
+    Thread-safe: at most ``concurrency`` requests from this engine are in flight at once;
+    more callers wait for a slot (not counted against ``timeout``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        model: str,
+        timeout: float = OPENAI_TIMEOUT_SECONDS,
+        retries: int = OPENAI_RETRIES,
+        concurrency: int = OPENAI_CONCURRENCY,
+        api_key: str | None = None,
+        retry_wait: float = RETRY_WAIT_SECONDS,
+    ) -> None:
+        if timeout <= 0 or retries < 0 or concurrency < 1 or retry_wait < 0:
+            raise ValueError(
+                f"timeout must be > 0, retries >= 0, concurrency >= 1 and retry_wait >= 0; "
+                f"got {timeout}, {retries}, {concurrency} and {retry_wait}"
+            )
         base = url.rstrip("/")
-        self._url = base if base.endswith(CHAT_COMPLETIONS) else base + CHAT_COMPLETIONS
+        base = base.removesuffix(CHAT_COMPLETIONS)
+        self._base = base
+        self._url = base + CHAT_COMPLETIONS
         self._model = model
         self._timeout = timeout
+        self._retries = retries
+        self._retry_wait = retry_wait
+        self._concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
+        # Never logged, never in an error message.
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     @property
     def label(self) -> str:
@@ -44,11 +114,77 @@ class OpenAIEngine:
 
     @property
     def url(self) -> str:
+        """The chat completions endpoint."""
         return self._url
+
+    @property
+    def models_url(self) -> str:
+        return self._base + MODELS
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def served_models(self) -> list[str] | None:
+        """The names ``GET {base}/models`` lists; None where it can't be asked (logged).
+
+        Raises ServedModelError where the server refuses this node's key: that needs a
+        person, not a retry.
+        """
+        request = urllib.request.Request(self.models_url, headers=self._headers, method="GET")
+        try:
+            with urllib.request.urlopen(request, timeout=MODELS_TIMEOUT_SECONDS) as response:
+                listing = json.load(response)
+        except urllib.error.HTTPError as e:
+            if e.code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+                raise ServedModelError(
+                    f"{self.models_url} answered HTTP {e.code}: the server wants an API key "
+                    "this node doesn't send or has wrong (see model.api_key_env)"
+                ) from e
+            logger.warning(
+                "%s answered HTTP %d: cannot check that it serves %s; going on",
+                self.models_url,
+                e.code,
+                self._model,
+            )
+            return None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            # A server started beside the node takes minutes to load the weights; jobs
+            # sent before it is up fail and are retried by the job loop.
+            logger.warning(
+                "cannot reach %s to check that it serves %s (%s); going on",
+                self.models_url,
+                self._model,
+                getattr(e, "reason", e),
+            )
+            return None
+        except json.JSONDecodeError:
+            logger.warning("%s did not answer with JSON; going on", self.models_url)
+            return None
+        try:
+            return [str(entry["id"]) for entry in listing["data"]]
+        except (KeyError, TypeError) as e:
+            logger.warning("%s answered without data[].id (%s); going on", self.models_url, e)
+            return None
+
+    def check_model(self) -> None:
+        """Stop at start-up when the server is up but doesn't serve ``model``."""
+        served = self.served_models()
+        if served is None:
+            return
+        if self._model not in served:
+            raise ServedModelError(
+                f"{self._base} does not serve {self._model!r} (model.name); it serves: "
+                f"{', '.join(map(repr, served)) or 'nothing'}. Set model.name to one of "
+                f"those, or start the server with --served-model-name {self._model}"
+            )
+        logger.info("%s serves %s", self._base, self._model)
+
+    # --- generation -------------------------------------------------------------------------
 
     def request_body(self, prompt: Prompt) -> dict[str, Any]:
         messages: list[dict[str, Any]] = []
         if prompt.system:
+            # The server's Gemma 3 chat template folds it into the first user turn, as the
+            # processor does in process.
             messages.append({"role": "system", "content": prompt.system})
         parts = [
             {"type": "image_url", "image_url": {"url": image_data_url(part)}}
@@ -57,50 +193,118 @@ class OpenAIEngine:
             for part in prompt.content
         ]
         messages.append({"role": "user", "content": parts})
+        # No seed: with temperature 0 the server decodes greedily and a seed changes nothing.
         return {
             "model": self._model,
             "messages": messages,
             "max_tokens": prompt.max_new_tokens,
-            "temperature": 0,  # greedy, as do_sample=False
+            "temperature": 0,  # greedy, as do_sample=False in process
         }
 
     def generate(self, prompt: Prompt) -> str:
         started = time.monotonic()
         body = json.dumps(self.request_body(prompt)).encode("utf-8")
-        request = urllib.request.Request(
-            self._url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
-        reply = self._post(request)
+        reply = self._post_with_retries(body)
         text = self._content(reply)
+        usage = reply.get("usage")
+        if not isinstance(usage, dict):
+            usage = {}  # optional in the API; vLLM and SGLang send it
         logger.info(
-            "%s at %s: %d images in %.1f s",
+            "%s at %s: %d images, %s prompt tokens, %s new tokens in %.1f s",
             self._model,
             self._url,
             len(prompt.images),
+            usage.get("prompt_tokens", "?"),
+            usage.get("completion_tokens", "?"),
             time.monotonic() - started,
         )
         return strip_thinking(text)
 
-    def _post(self, request: urllib.request.Request) -> Any:
-        try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as e:
-            detail = e.read(500).decode("utf-8", errors="replace")
-            raise EngineError(f"{self._url} answered HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            reason = getattr(e, "reason", e)
-            raise EngineError(f"cannot reach the model endpoint {self._url}: {reason}") from e
-        except json.JSONDecodeError as e:
-            raise EngineError(f"{self._url} did not answer with JSON: {e}") from e
+    def generate_batch(self, prompts: Sequence[Prompt]) -> list[str]:
+        """Answers to ``prompts`` in order, requested side by side: the server batches them."""
+        if len(prompts) <= 1:
+            return [self.generate(prompt) for prompt in prompts]
+        workers = min(len(prompts), self._concurrency)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai") as pool:
+            return list(pool.map(self.generate, prompts))  # the first failure, in order
 
-    def _content(self, reply: Any) -> str:
+    def _post_with_retries(self, body: bytes) -> dict[str, Any]:
+        attempts = self._retries + 1
+        attempt = 1
+        while True:
+            outcome = self._post(body)
+            if not isinstance(outcome, _Failure):
+                return outcome
+            if not outcome.retryable:
+                raise EngineError(outcome.message)
+            if attempt == attempts:
+                raise EngineError(
+                    f"{outcome.message}; gave up after {attempts} "
+                    f"attempt{'s' if attempts > 1 else ''} (model.retries is {self._retries})"
+                )
+            wait = self._retry_wait * 2 ** (attempt - 1)
+            logger.warning(
+                "%s; attempt %d of %d, next in %.1f s", outcome.message, attempt, attempts, wait
+            )
+            time.sleep(wait)  # outside the slot: a waiting retry holds no request slot
+            attempt += 1
+
+    def _post(self, body: bytes) -> dict[str, Any] | _Failure:
+        request = urllib.request.Request(self._url, data=body, headers=self._headers)
+        with self._slots:
+            try:
+                with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                    reply = json.load(response)
+            except urllib.error.HTTPError as e:
+                detail = e.read(ERROR_DETAIL_CHARS).decode("utf-8", errors="replace")
+                message = f"{self._url} answered HTTP {e.code}: {detail}"
+                if retryable_status(e.code):
+                    return _Failure(message, retryable=True)
+                return _Failure(
+                    message + " (not retried: the server refused this request, and would again)",
+                    retryable=False,
+                )
+            except TimeoutError:
+                return _Failure(
+                    f"no answer from {self._url} within {self._timeout:g} s "
+                    "(model.timeout_seconds)",
+                    retryable=True,
+                )
+            except (urllib.error.URLError, ConnectionError) as e:
+                reason = getattr(e, "reason", e)
+                if isinstance(reason, TimeoutError):  # timed out while connecting
+                    return _Failure(
+                        f"no connection to {self._url} within {self._timeout:g} s "
+                        "(model.timeout_seconds)",
+                        retryable=True,
+                    )
+                return _Failure(
+                    f"cannot reach the model endpoint {self._url}: {reason}", retryable=True
+                )
+            except http.client.HTTPException as e:  # the connection broke mid-answer
+                return _Failure(
+                    f"{self._url} broke off its answer: {type(e).__name__}: {e}", retryable=True
+                )
+            except json.JSONDecodeError as e:
+                return _Failure(f"{self._url} did not answer with JSON: {e}", retryable=False)
+        if not isinstance(reply, dict):
+            return _Failure(
+                f"{self._url} answered with a JSON {type(reply).__name__}, not an object",
+                retryable=False,
+            )
+        return reply
+
+    def _content(self, reply: dict[str, Any]) -> str:
         try:
-            content = reply["choices"][0]["message"]["content"]
+            choice = reply["choices"][0]
+            content = choice["message"]["content"]
         except (KeyError, IndexError, TypeError) as e:
             raise EngineError(f"{self._url} answered without choices[0].message.content") from e
         if not isinstance(content, str):
             raise EngineError(f"{self._url} answered with non-text content: {content!r:.200}")
+        if choice.get("finish_reason") == FINISH_LENGTH:
+            # Kept: the answer parsers say what is missing from a cut answer.
+            logger.warning("%s stopped at max_tokens: the answer may be cut short", self._model)
         return content
 
 

@@ -1,7 +1,8 @@
 """Worker processes: the model runs outside the process that receives, so ingest never waits on it.
 
 Each worker process loads its own engine, claims jobs from the shared index and dies with
-its parent (a SIGKILLed node leaves no orphan holding jobs).
+its parent (a SIGKILLed node leaves no orphan holding jobs). With ``model.batch_size`` > 1
+it runs that many jobs at once on its one model, their requests batched together.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def worker_main(
     settings: Settings, number: int, parent_pid: int, ready: Event, verbose: bool
 ) -> None:
     _die_with_parent(parent_pid)
-    configure_logging(verbose)
+    configure_logging(verbose, log_phi=settings.node.log_phi)
     # Stop on SIGTERM (from the parent, or a service manager signalling the whole group)
     # after the job in hand; Ctrl-C in a terminal is the parent's to handle. The stop flag
     # is local: a shared multiprocessing.Event deadlocks its setter if a process dies
@@ -54,6 +55,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch  # imported here, never in the receiving process
 
+    from node.inference.batching import BatchingEngine
     from node.inference.engine import load_engine
 
     if not torch.cuda.is_available():
@@ -66,9 +68,30 @@ def worker_main(
         log.critical("worker %d: the model could not be loaded: %s", number, e)
         raise SystemExit(3) from e
     index = Index(settings.node.resolved_database_url)
+    if settings.model.engine == "openai":
+        # The server batches; keep as many jobs in flight as requests may be.
+        slots = settings.model.concurrency
+    else:
+        slots = settings.model.batch_size
+        if slots > 1:
+            # One model, several jobs in flight: their requests are batched together.
+            engine = BatchingEngine(
+                engine, max_batch=slots, wait_seconds=settings.model.batch_wait_ms / 1000
+            )
     ready.set()
+    threads = [
+        threading.Thread(
+            target=Worker(settings, index, engine, number=number, slot=slot).run,
+            args=(stop,),
+            name=f"jobs-{number}.{slot}",
+        )
+        for slot in range(slots)
+    ]
     try:
-        Worker(settings, index, engine, number=number).run(stop)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     finally:
         index.close()
 

@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/node.yaml
-DEBS   := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps postgresql
+DEBS   := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps postgresql \
+          chromium chromium-driver
 
 .PHONY: install install-peers run test lint bench clean
 
@@ -20,7 +21,8 @@ $(BIN)/medgemma-node: $(BIN)/python pyproject.toml
 
 install: $(BIN)/medgemma-node
 
-# Debian peers the test suite starts on loopback ports (Orthanc, DCMTK, dicom3tools, PixelMed, PostgreSQL).
+# Debian peers the test suite starts on loopback ports (Orthanc, DCMTK, dicom3tools, PixelMed,
+# PostgreSQL) and the browser the worklist page is tested in (Chromium + chromedriver).
 install-peers:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -43,6 +45,7 @@ bench: install install-peers
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.ingest_busy
 	$(BIN)/python -m bench.imaging
+	$(BIN)/python -m bench.pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -15,6 +15,7 @@ from types import FrameType
 
 from tqdm import tqdm
 
+from node.audit import AuditEvent, AuditLog
 from node.config import ConfigError, Settings, Task, load_settings
 from node.logs import configure_logging
 from node.store.ingest import read_header
@@ -158,11 +159,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    index = _index(_settings(args.config))
+    settings = _settings(args.config)
+    index = _index(settings)
     try:
         requeued = index.retry_jobs(args.jobs or None)
     finally:
         index.close()
+    audit = AuditLog.from_settings(settings.node)
+    audit.record_cli(AuditEvent.RETRY_REQUESTED, asked=args.jobs, job_ids=requeued)
     missing = sorted(set(args.jobs) - set(requeued))
     if missing:
         print(
@@ -175,7 +179,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    index = _index(_settings(args.config))
+    settings = _settings(args.config)
+    index = _index(settings)
     try:
         created = index.reprocess(args.study)
     except KeyError as e:
@@ -183,6 +188,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         return 1
     finally:
         index.close()
+    audit = AuditLog.from_settings(settings.node)
+    audit.record_cli(AuditEvent.REPROCESS_REQUESTED, study_uid=args.study, job_ids=created)
     print(f"queued {len(created)} job(s) for study {args.study}: {created}")
     return 0
 

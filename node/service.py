@@ -1,4 +1,4 @@
-"""The serving node: SCP, completeness watcher and workers over one spool and index."""
+"""The serving node: SCP, HTTP API, completeness watcher and workers over one spool and index."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ from multiprocessing.synchronize import Event as MpEvent
 from sqlalchemy import make_url
 
 from node import __version__
+from node.audit import AuditLog
 from node.config import Settings
 from node.dimse.scp import StorageSCP
 from node.dispatch.deliver import targets
+from node.http.app import NodeView, WorkerCounts, create_app
+from node.http.server import HttpServer
+from node.metrics import prepare_metrics_dir
 from node.pipeline.process import start_worker
 from node.pipeline.worker import release_dead_local_workers
 from node.priors.cache import PriorCache
@@ -44,6 +48,18 @@ class NodeService:
             pacs_count_query(settings.pacs, settings.node.ae_title) if settings.pacs else None
         )
         self.watcher = CompletenessWatcher(settings, self.index, count_query)
+        self.http = HttpServer(
+            create_app(
+                NodeView(
+                    self.index,
+                    self.ingest,
+                    self.worker_counts,
+                    AuditLog.from_settings(settings.node),
+                )
+            ),
+            settings.node.http_port,
+            settings.node.http_host,
+        )
         self._stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
         self._workers: dict[int, tuple[SpawnProcess, MpEvent]] = {}
@@ -51,6 +67,9 @@ class NodeService:
 
     def start(self) -> None:
         self._log_summary()
+        # Before anything counts: this process and the workers started below write their
+        # counters where GET /metrics adds them up.
+        prepare_metrics_dir(self.settings.node)
         self.ingest.reconcile()
         release_dead_local_workers(self.index)
         # Receive first: the PACS may route while the model is still loading.
@@ -60,6 +79,13 @@ class NodeService:
             raise StartupError(
                 f"cannot listen on DICOM port {self.settings.node.port} "
                 f"(node.port): {e.strerror or e}"
+            ) from e
+        try:
+            self.http.start()
+        except OSError as e:
+            raise StartupError(
+                f"cannot listen on HTTP port {self.settings.node.http_port} "
+                f"(node.http_port, on {self.settings.node.http_host}): {e.strerror or e}"
             ) from e
         self._watch_thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
         self._watch_thread.start()
@@ -90,6 +116,16 @@ class NodeService:
 
     def _start_worker(self, number: int) -> None:
         self._workers[number] = start_worker(self.settings, number, self.verbose)
+
+    def worker_counts(self) -> WorkerCounts:
+        """How many worker processes run, and how many have their model loaded (for /healthz)."""
+        workers = list(self._workers.values())  # a snapshot: supervise_once may replace one
+        alive = [ready for process, ready in workers if process.is_alive()]
+        return WorkerCounts(
+            configured=self.settings.node.workers,
+            alive=len(alive),
+            ready=sum(1 for ready in alive if ready.is_set()),
+        )
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -122,6 +158,7 @@ class NodeService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.http.stop()
         self.scp.stop()
         for process, _ready in self._workers.values():
             process.terminate()  # the worker finishes the job in hand, then exits

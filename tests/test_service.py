@@ -6,6 +6,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import node_config
 from tests.peers import NODE_BIN
 
@@ -24,10 +26,18 @@ def test_serve_stops_with_a_reason_when_the_model_cannot_load(tmp_path: Path) ->
     assert "could not load the model" in result.stderr
 
 
-def test_serve_names_the_port_when_it_is_taken(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("port", "cannot listen on DICOM port {port} (node.port)"),
+        ("http_port", "cannot listen on HTTP port {port} (node.http_port, on 0.0.0.0)"),
+    ],
+)
+def test_serve_names_the_port_when_it_is_taken(tmp_path: Path, key: str, message: str) -> None:
     config_path, config = node_config(tmp_path, tmp_path / "model-unused")
+    port = config["node"][key]
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", config["node"]["port"]))
+        taken.bind(("0.0.0.0", port))
         taken.listen()
         result = subprocess.run(
             [str(NODE_BIN), "serve", "--config", str(config_path)],
@@ -36,4 +46,4 @@ def test_serve_names_the_port_when_it_is_taken(tmp_path: Path) -> None:
             timeout=120,
         )
     assert result.returncode == 1
-    assert f"cannot listen on DICOM port {config['node']['port']} (node.port)" in result.stderr
+    assert message.format(port=port) in result.stderr

@@ -1,19 +1,25 @@
 """The DICOM SCP: C-ECHO and C-STORE for every storage SOP class, as pynetdicom intends.
 
 Each service has one intervention handler that returns a status; every failure is
-turned into a DICOM status here, at the boundary, and logged once.
+turned into a DICOM status here, at the boundary, and logged once. Notification handlers
+write the audit trail and count associations: accepted and refused ones, and when a
+connection closes, one ``study-received`` event per study it delivered.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node import metrics
+from node.audit import AuditEvent, AuditLog
 from node.config import NodeSettings, Peer
 from node.priors.cache import PriorCache, write_instance
 from node.store.ingest import Ingest, read_wire_header
@@ -41,6 +47,14 @@ def peer_allowed(peers: Sequence[Peer], ae_title: str, host: str) -> bool:
     return any(p.ae_title == ae_title and (p.host is None or p.host == host) for p in peers)
 
 
+@dataclass
+class _Received:
+    """What one association delivered of one study."""
+
+    instances: int = 0
+    patient_id: str | None = None  # audited only with node.log_phi
+
+
 def _requestor(event: Any) -> tuple[str, str]:
     requestor = event.assoc.requestor
     # Before negotiation only the A-ASSOCIATE-RQ primitive knows the calling AE.
@@ -65,10 +79,16 @@ class StorageSCP:
             if context.abstract_syntax is not None:
                 self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server: ThreadedAssociationServer | None = None
+        self.audit = AuditLog.from_settings(settings)
+        # Per open association: (study UID, filed as a prior) -> what it delivered.
+        self._received: dict[Any, dict[tuple[str, bool], _Received]] = {}
+        self._received_lock = threading.Lock()
 
     def start(self, host: str = "0.0.0.0") -> None:
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -93,13 +113,67 @@ class StorageSCP:
                 called,
                 self.settings.ae_title,
             )
+            self._refused(event, calling, called, "called-ae", f"called AE {called!r} is not ours")
             self._reject(event, CALLED_AE_NOT_RECOGNIZED)
             return
         if not peer_allowed(self.settings.allowed_peers, calling, address):
             log.warning(
                 "refused association from %s at %s: not in node.allowed_peers", calling, address
             )
+            self._refused(event, calling, called, "calling-ae", "not in node.allowed_peers")
             self._reject(event, CALLING_AE_NOT_RECOGNIZED)
+
+    def _refused(self, event: Any, calling: str, called: str, reason: str, detail: str) -> None:
+        metrics.association_refused(reason)
+        requestor = event.assoc.requestor
+        self.audit.record(
+            AuditEvent.ASSOCIATION_REFUSED,
+            calling_ae=calling,
+            called_ae=called,
+            peer_address=str(requestor.address),
+            peer_port=int(requestor.port),
+            reason=detail,
+        )
+
+    def _on_accepted(self, event: Any) -> None:
+        metrics.association_accepted()
+        calling, address = _requestor(event)
+        requestor = event.assoc.requestor
+        self.audit.record(
+            AuditEvent.ASSOCIATION_ACCEPTED,
+            calling_ae=calling,
+            called_ae=str(requestor.primitive.called_ae_title).strip(),
+            peer_address=address,
+            peer_port=int(requestor.port),
+        )
+
+    def _note_received(
+        self, event: Any, study_uid: str, *, prior: bool, patient_id: str | None = None
+    ) -> None:
+        with self._received_lock:
+            studies = self._received.setdefault(event.assoc, {})
+            received = studies.setdefault((study_uid, prior), _Received())
+            received.instances += 1
+            received.patient_id = received.patient_id or patient_id
+
+    def _on_closed(self, event: Any) -> None:
+        """One audit event per study the association delivered (released, aborted or dropped)."""
+        with self._received_lock:
+            studies = self._received.pop(event.assoc, {})
+        if not studies:
+            return
+        calling, address = _requestor(event)
+        for (study_uid, prior), received in studies.items():
+            phi = {"patient_id": received.patient_id} if self.audit.log_phi else {}
+            self.audit.record(
+                AuditEvent.STUDY_RECEIVED,
+                study_uid=study_uid,
+                instances=received.instances,
+                prior=prior,
+                calling_ae=calling,
+                peer_address=address,
+                **phi,
+            )
 
     def _file_prior(self, event: Any, sop_uid: str, calling: str) -> int:
         assert self.prior_cache is not None
@@ -109,6 +183,7 @@ class StorageSCP:
             header = read_wire_header(request.DataSet, transfer_syntax)
         except InvalidInstance as e:
             log.error("prior instance %s from %s refused: %s", sop_uid, calling, e)
+            metrics.instance_refused("unreadable")
             return CANNOT_UNDERSTAND
         study_uid = str(header.get("StudyInstanceUID", ""))
         directory = self.prior_cache.study_dir(study_uid)
@@ -121,9 +196,11 @@ class StorageSCP:
                 calling,
                 study_uid,
             )
+            metrics.instance_refused("prior-not-waiting")
             return DATASET_DOES_NOT_MATCH_SOP_CLASS
         prefix = part10_prefix(str(request.AffectedSOPClassUID), sop_uid, transfer_syntax, calling)
         write_instance(directory, sop_uid, prefix + request.DataSet.getvalue())
+        self._note_received(event, study_uid, prior=True)
         return SUCCESS
 
     @staticmethod
@@ -154,13 +231,16 @@ class StorageSCP:
         except InvalidInstance as e:
             log.error("C-STORE of %s from %s at %s refused: %s", sop_uid, calling, address, e)
             unreadable = isinstance(e, UnreadableData)
+            metrics.instance_refused("unreadable" if unreadable else "invalid")
             return CANNOT_UNDERSTAND if unreadable else DATASET_DOES_NOT_MATCH_SOP_CLASS
         except Exception:
             # Disk full, database down: the sender keeps the instance and retries later.
             log.exception(
                 "C-STORE of %s from %s at %s could not be filed", sop_uid, calling, address
             )
+            metrics.instance_refused("not-filed")
             return OUT_OF_RESOURCES
+        self._note_received(event, meta.study_uid, prior=False, patient_id=meta.patient_id)
         if meta.sop_uid != sop_uid:
             log.warning(
                 "C-STORE from %s: AffectedSOPInstanceUID %s differs from the data set's %s",

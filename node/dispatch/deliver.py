@@ -53,6 +53,11 @@ class Target:
     dicomweb_url: str | None = None  # STOW-RS when set (preferred)
     timeout_seconds: float = 30.0
 
+    @property
+    def protocol(self) -> str:
+        """How results go there, as the audit trail names it."""
+        return "STOW-RS" if self.dicomweb_url is not None else "C-STORE"
+
     def describe(self) -> str:
         if self.dicomweb_url is not None:
             return f"{self.name} (STOW-RS {self.dicomweb_url})"
@@ -78,11 +83,14 @@ def targets(settings: Settings) -> list[Target]:
     return found
 
 
-def send(paths: Sequence[str], target: Target, *, calling_ae: str) -> int:
-    """Send the result files ``target`` wants; returns how many. Raises naming the target."""
+def send(paths: Sequence[str], target: Target, *, calling_ae: str) -> list[str]:
+    """Send the result files ``target`` wants; returns their SOP Instance UIDs.
+
+    Raises DeliveryFailed naming the target.
+    """
     datasets = [ds for ds in (dcmread(p) for p in paths) if output_of(ds) in target.outputs]
     if not datasets:
-        return 0
+        return []
     try:
         if target.dicomweb_url is not None:
             store_instances(datasets, url=target.dicomweb_url, timeout=target.timeout_seconds)
@@ -97,7 +105,7 @@ def send(paths: Sequence[str], target: Target, *, calling_ae: str) -> int:
         datasets[0].StudyInstanceUID,
         target.describe(),
     )
-    return len(datasets)
+    return [str(ds.SOPInstanceUID) for ds in datasets]
 
 
 class DeliveryFailed(Exception):

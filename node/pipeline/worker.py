@@ -10,10 +10,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from node import metrics
+from node.audit import AuditEvent, AuditLog, RunOutcome
 from node.config import Output, Settings, Task
 from node.dispatch.deliver import DeliveryFailed, save_results, send, targets
 from node.inference.request import Engine
@@ -36,8 +39,9 @@ class StopSignal(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
-def worker_id(number: int = 0) -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{number}"
+def worker_id(number: int = 0, slot: int = 0) -> str:
+    """host:pid:process-number.slot; the pid lets a restarted node spot dead workers."""
+    return f"{socket.gethostname()}:{os.getpid()}:{number}.{slot}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -67,14 +71,21 @@ def release_dead_local_workers(index: Index) -> int:
 
 class Worker:
     def __init__(
-        self, settings: Settings, index: Index, engine: Engine, *, number: int = 0
+        self,
+        settings: Settings,
+        index: Index,
+        engine: Engine,
+        *,
+        number: int = 0,
+        slot: int = 0,
     ) -> None:
         self.settings = settings
         self.index = index
         self.engine = engine
-        self.id = worker_id(number)
+        self.id = worker_id(number, slot)
         self.results_root = settings.node.data_dir / "results"
         self.inputs_root = settings.node.data_dir / "inputs"
+        self.audit = AuditLog.from_settings(settings.node)
 
     def run(self, stop: StopSignal, idle_wait: float = 0.5) -> None:
         while not stop.is_set():
@@ -115,34 +126,79 @@ class Worker:
         label = f"job {job.id} ({job.task}) of study {study.study_uid}"
         paths = job.result_paths
         if not paths:
+            started = time.monotonic()
             try:
                 paths = self._infer(job)
             except InputError as e:
                 log.error("%s failed: %s", label, e)
+                self._model_ran(job, study.study_uid, started, RunOutcome.FAILED, str(e))
                 self._finish(job, JobState.FAILED, error=str(e))
                 return
             except Exception as e:
                 log.exception("%s: attempt %d failed", label, job.attempts)
-                self._retry_or_fail(job, f"{type(e).__name__}: {e}")
+                error = f"{type(e).__name__}: {e}"
+                self._model_ran(job, study.study_uid, started, RunOutcome.ERROR, error)
+                self._retry_or_fail(job, error)
                 return
-        self._deliver(job, paths, label)
+            self._model_ran(job, study.study_uid, started, RunOutcome.OK)
+        self._deliver(job, paths, label, study_uid=study.study_uid)
 
-    def _deliver(self, job: Job, paths: list[str], label: str) -> None:
+    def _model_ran(
+        self,
+        job: Job,
+        study_uid: str,
+        started: float,
+        outcome: RunOutcome,
+        error: str | None = None,
+    ) -> None:
+        """Audit and time one run of a job's task."""
+        seconds = time.monotonic() - started
+        if outcome is RunOutcome.OK:
+            metrics.model_run(job.task, seconds)
+        else:
+            metrics.model_error(job.task)
+        self.audit.record(
+            AuditEvent.MODEL_RUN,
+            job_id=job.id,
+            task=job.task,
+            study_uid=study_uid,
+            model=self.engine.label,
+            test_model=self.engine.is_test_model,
+            attempt=job.attempts,
+            seconds=round(seconds, 3),
+            outcome=outcome,
+            error=error,
+        )
+
+    def _deliver(self, job: Job, paths: list[str], label: str, *, study_uid: str) -> None:
         """Send to every destination that lacks the results; back off or dead-letter on failure."""
         delivered = list(job.delivered_to or [])
         failures: list[str] = []
         for target in targets(self.settings):
             if target.name in delivered:
                 continue
+            if job.delivery_attempts:
+                metrics.delivery_retried(target.name)
             try:
-                send(paths, target, calling_ae=self.settings.node.ae_title)
+                sent = send(paths, target, calling_ae=self.settings.node.ae_title)
             except DeliveryFailed as e:
                 failures.append(str(e))
+                self._delivery_failed(job, study_uid, target.name, str(e))
                 continue
             except Exception as e:  # a result file gone missing, a malformed response
                 log.exception("%s: delivery to %s failed", label, target.describe())
                 failures.append(f"{target.name}: {type(e).__name__}: {e}")
+                self._delivery_failed(job, study_uid, target.name, failures[-1])
                 continue
+            metrics.delivered(target.name)
+            self.audit.record(
+                AuditEvent.RESULTS_SENT,
+                job_id=job.id,
+                study_uid=study_uid,
+                destination=target.name,
+                protocol=target.protocol,
+                sop_instance_uids=sent,
+            )
             delivered.append(target.name)
             self.index.update_job(job.id, self.id, delivered_to=list(delivered))
         if not failures:
@@ -160,6 +216,14 @@ class Worker:
                 f"{Path(paths[0]).parent}; `medgemma-node retry {job.id}` sends them again)"
             )
             log.error("%s: %s", label, error)
+            metrics.dead_lettered()
+            self.audit.record(
+                AuditEvent.DEAD_LETTERED,
+                job_id=job.id,
+                study_uid=study_uid,
+                delivery_attempts=attempts,
+                error=error,
+            )
             self.index.update_job(
                 job.id,
                 self.id,
@@ -180,6 +244,17 @@ class Worker:
             delivery_attempts=attempts,
             retry_at=utcnow() + timedelta(seconds=wait),
             lease_until=None,
+        )
+
+    def _delivery_failed(self, job: Job, study_uid: str, destination: str, error: str) -> None:
+        metrics.delivery_failed(destination)
+        self.audit.record(
+            AuditEvent.DELIVERY_FAILED,
+            job_id=job.id,
+            study_uid=study_uid,
+            destination=destination,
+            delivery_attempt=job.delivery_attempts + 1,
+            error=error,
         )
 
     def _infer(self, job: Job) -> list[str]:

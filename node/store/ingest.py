@@ -17,6 +17,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from node import metrics
 from node.store.index import Filed, Index
 from node.store.meta import INDEXED_TAGS, InstanceMeta, InvalidInstance, UnreadableData
 from node.store.part10 import part10_prefix
@@ -99,7 +100,9 @@ class Ingest:
         path = self.spool.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
         self.spool.write(path, *chunks)
         reopen = self.reopen_on_late and not meta.is_own_result
-        return self.index.file_instance(meta, str(path), reopen=reopen)
+        filed = self.index.file_instance(meta, str(path), reopen=reopen)
+        metrics.instance_received(meta.modality)
+        return filed
 
     def reconcile(self) -> int:
         """Index spooled files the index lacks (a crash between fsync and commit)."""

@@ -36,7 +36,12 @@ def main() -> int:
         config.write_text(
             yaml.safe_dump(
                 {
-                    "node": {"port": port, "data_dir": str(work / "data"), "stable_seconds": 1},
+                    "node": {
+                        "port": port,
+                        "http_port": free_port(),
+                        "data_dir": str(work / "data"),
+                        "stable_seconds": 1,
+                    },
                     "model": {"path": str(model)},
                 }
             )

@@ -56,6 +56,8 @@ class NodeSettings(_Strict):
     ae_title: AETitle = "MEDGEMMA"
     port: Port = 11112
     http_port: Port = 8042
+    # The HTTP side has no authentication: bind it to a management address, or firewall it.
+    http_host: str = "0.0.0.0"
     data_dir: Path = Path("data")
     database_url: str | None = None  # None: SQLite file under data_dir
     stable_seconds: float = Field(default=10.0, gt=0)
@@ -66,10 +68,19 @@ class NodeSettings(_Strict):
     max_attempts: int = Field(default=3, ge=1)  # model runs per job before it is failed
     retry_seconds: float = Field(default=30.0, gt=0)  # first wait after a failed run; doubles
     workers: int = Field(default=1, ge=1)
+    # Append-only JSON lines of associations, studies received, model runs and deliveries;
+    # a relative path is under data_dir; None: no audit trail.
+    audit_log: Path | None = Path("audit.jsonl")
+    # Patient names and IDs in application logs and the audit trail; otherwise UIDs only.
+    log_phi: bool = False
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def resolved_audit_log(self) -> Path | None:
+        return None if self.audit_log is None else self.data_dir / self.audit_log
 
 
 class ModelSettings(_Strict):
@@ -81,6 +92,31 @@ class ModelSettings(_Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     # None: each task's value from the official notebooks (report 600, volumes 2000)
     max_new_tokens: int | None = Field(default=None, ge=1, le=8192)
+    # engine transformers: jobs run at once on one loaded model, their requests batched
+    # into one generate call (1: one job at a time, no batching).
+    batch_size: int = Field(default=1, ge=1, le=64)
+    batch_wait_ms: float = Field(default=50.0, ge=0, le=5000)  # how long a batch waits to fill
+    # engine openai only, below.
+    # Seconds without an answer before a request counts as failed: an 85-slice volume
+    # with 2000 new tokens on a busy server takes minutes, so this is generous.
+    timeout_seconds: float = Field(default=600.0, gt=0)
+    # Further tries after a timeout, no connection, or HTTP 429/5xx, the wait doubling
+    # from 1 s. Other 4xx are refused requests and are never retried. A job that still
+    # fails is retried later by the job loop (node.max_attempts).
+    retries: int = Field(default=2, ge=0, le=10)
+    # Requests in flight at once from one worker process; more wait their turn. The
+    # server batches what it gets, so a few keep it busy without queueing there.
+    concurrency: int = Field(default=4, ge=1, le=64)
+    # The environment variable holding the key sent as "Authorization: Bearer", so the
+    # key stays out of this file and the logs; unset variable or null: no key sent.
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value
 
 
 class PacsSettings(_Strict):

@@ -6,7 +6,7 @@ CONFIG ?= config/node.yaml
 DEBS   := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps postgresql \
           chromium chromium-driver
 
-.PHONY: install install-peers run test lint bench clean
+.PHONY: install install-peers run test lint bench bench-gpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: install install-peers
 	$(BIN)/python -m bench.ingest_busy
 	$(BIN)/python -m bench.imaging
 	$(BIN)/python -m bench.pipeline
+
+# On a CUDA host: MedGemma 1.5 4B's architecture, random weights (bench/results/gpu.json).
+bench-gpu: install
+	$(BIN)/python -m bench.gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

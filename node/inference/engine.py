@@ -164,7 +164,11 @@ class TransformersEngine:
         try:
             self._processor = AutoProcessor.from_pretrained(path, local_files_only=True)
             model: Any = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=self._dtype, local_files_only=True
+                path,
+                dtype=self._dtype,
+                # PyTorch's fused attention: no (seq × seq) matrix for an 85-slice prompt.
+                attn_implementation="sdpa",
+                local_files_only=True,
             )
         except Exception as e:  # transformers raises many kinds; all mean "can't load this"
             raise ModelLoadError(f"cannot load the model in {path}: {e}") from e

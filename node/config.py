@@ -52,12 +52,33 @@ class Peer(_Strict):
     host: str | None = None  # None: any address
 
 
+class TlsSettings(_Strict):
+    """DICOM over TLS (PS3.15 Annex B): the node's certificate, and who may connect."""
+
+    # PEM files; relative paths are taken from the working directory, as data_dir is.
+    certificate: Path  # the node's certificate, then any intermediate certificates
+    private_key: Path  # its key, unencrypted (the node can't prompt for a passphrase)
+    # Set: every client must present a certificate that chains to one of these (PEM
+    # bundle); None: clients connect without one, as with DCMTK's +tla.
+    ca_certificates: Path | None = None
+    # None: TLS replaces plain DICOM on node.port; a port: TLS listens there as well,
+    # and plain DICOM stays on node.port.
+    port: Port | None = None
+
+
 class NodeSettings(_Strict):
     ae_title: AETitle = "MEDGEMMA"
     port: Port = 11112
+    # The address DICOM listens on (0.0.0.0: every interface); loopback unless opened up.
+    host: str = Field(default="127.0.0.1", min_length=1)
     http_port: Port = 8042
-    # The HTTP side has no authentication: bind it to a management address, or firewall it.
-    http_host: str = "0.0.0.0"
+    http_host: str = Field(default="127.0.0.1", min_length=1)
+    # The environment variable holding the HTTP bearer token, so the token stays out of
+    # this file; unset or empty variable, or null: HTTP asks for no token.
+    http_token_env: str | None = Field(
+        default="MEDGEMMA_HTTP_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+    tls: TlsSettings | None = None  # None: plain DICOM only
     data_dir: Path = Path("data")
     database_url: str | None = None  # None: SQLite file under data_dir
     stable_seconds: float = Field(default=10.0, gt=0)
@@ -73,6 +94,27 @@ class NodeSettings(_Strict):
     audit_log: Path | None = Path("audit.jsonl")
     # Patient names and IDs in application logs and the audit trail; otherwise UIDs only.
     log_phi: bool = False
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> NodeSettings:
+        if self.tls is not None and self.tls.port in (self.port, self.http_port):
+            raise ValueError(
+                f"tls.port {self.tls.port} must differ from node.port and node.http_port "
+                "(leave tls.port out to run TLS on node.port)"
+            )
+        return self
+
+    @property
+    def plain_port(self) -> int | None:
+        """The port plain DICOM listens on; None when TLS has taken node.port."""
+        return None if self.tls is not None and self.tls.port is None else self.port
+
+    @property
+    def tls_port(self) -> int | None:
+        """The port DICOM over TLS listens on; None without TLS."""
+        if self.tls is None:
+            return None
+        return self.tls.port if self.tls.port is not None else self.port
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import threading
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event as MpEvent
@@ -12,7 +14,7 @@ from sqlalchemy import make_url
 from node import __version__
 from node.audit import AuditLog
 from node.config import Settings
-from node.dimse.scp import StorageSCP
+from node.dimse.scp import ListenError, StorageSCP
 from node.dispatch.deliver import targets
 from node.http.app import NodeView, WorkerCounts, create_app
 from node.http.server import HttpServer
@@ -26,6 +28,10 @@ from node.store.spool import Spool
 from node.studies.completeness import CompletenessWatcher, pacs_count_query
 
 log = logging.getLogger(__name__)
+
+
+# Shorter HTTP tokens are accepted with a warning; `openssl rand -hex 32` makes a good one.
+MIN_TOKEN_LENGTH = 16
 
 
 class StartupError(Exception):
@@ -48,6 +54,8 @@ class NodeService:
             pacs_count_query(settings.pacs, settings.node.ae_title) if settings.pacs else None
         )
         self.watcher = CompletenessWatcher(settings, self.index, count_query)
+        http_token = self._http_token()
+        self.http_token_required = http_token is not None
         self.http = HttpServer(
             create_app(
                 NodeView(
@@ -55,7 +63,8 @@ class NodeService:
                     self.ingest,
                     self.worker_counts,
                     AuditLog.from_settings(settings.node),
-                )
+                ),
+                http_token=http_token,
             ),
             settings.node.http_port,
             settings.node.http_host,
@@ -75,11 +84,8 @@ class NodeService:
         # Receive first: the PACS may route while the model is still loading.
         try:
             self.scp.start()
-        except OSError as e:
-            raise StartupError(
-                f"cannot listen on DICOM port {self.settings.node.port} "
-                f"(node.port): {e.strerror or e}"
-            ) from e
+        except ListenError as e:
+            raise StartupError(str(e)) from e
         try:
             self.http.start()
         except OSError as e:
@@ -92,13 +98,50 @@ class NodeService:
         for number in range(self.settings.node.workers):
             self._start_worker(number)
 
+    def _http_token(self) -> str | None:
+        """The HTTP bearer token from ``node.http_token_env``; None: HTTP asks for none."""
+        name = self.settings.node.http_token_env
+        token = os.environ.get(name, "").strip() if name else ""
+        if token and len(token) < MIN_TOKEN_LENGTH:
+            log.warning(
+                "the HTTP token in $%s is shorter than %d characters: easy to guess",
+                name,
+                MIN_TOKEN_LENGTH,
+            )
+        return token or None
+
+    def _log_http_access(self) -> None:
+        node = self.settings.node
+        if self.http_token_required:
+            log.info(
+                "HTTP asks for a bearer token (from $%s) on every route but /healthz",
+                node.http_token_env,
+            )
+            return
+        where = (
+            f"${node.http_token_env} is unset or empty"
+            if node.http_token_env
+            else "node.http_token_env is null"
+        )
+        if _is_loopback(node.http_host):
+            log.info("HTTP asks for no token (%s); it listens on loopback only", where)
+        else:
+            log.warning(
+                "HTTP on %s asks for no token (%s): anyone who reaches port %d can read the "
+                "worklist and send studies; set a token or bind node.http_host to loopback",
+                node.http_host,
+                where,
+                node.http_port,
+            )
+
     def _log_summary(self) -> None:
         node, pacs = self.settings.node, self.settings.pacs
         database = make_url(node.resolved_database_url).render_as_string(hide_password=True)
         log.info(
-            "medgemma-node %s: AE %s on port %d, data in %s, index %s, %d worker(s)",
+            "medgemma-node %s: AE %s on %s port %d, data in %s, index %s, %d worker(s)",
             __version__,
             node.ae_title,
+            node.host,
             node.port,
             node.data_dir,
             database,
@@ -113,6 +156,7 @@ class NodeService:
             log.info("results go to %s: %s", target.describe(), ", ".join(sorted(target.outputs)))
         peers = ", ".join(p.ae_title for p in node.allowed_peers) or "any calling AE"
         log.info("accepting %s; outputs: %s", peers, ", ".join(self.settings.outputs))
+        self._log_http_access()
 
     def _start_worker(self, number: int) -> None:
         self._workers[number] = start_worker(self.settings, number, self.verbose)
@@ -169,3 +213,12 @@ class NodeService:
         if self._watch_thread is not None:
             self._watch_thread.join(timeout=10)
         self.index.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything

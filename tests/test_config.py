@@ -15,6 +15,11 @@ def test_embedded_defaults_and_shipped_file_agree() -> None:
     embedded = load_settings(None)
     shipped = load_settings(REPO / "config" / "node.yaml")
     assert embedded == shipped
+    # Everything binds to loopback unless opened up; HTTP asks for the token in this variable.
+    assert embedded.node.host == "127.0.0.1" and embedded.node.http_host == "127.0.0.1"
+    assert embedded.node.http_token_env == "MEDGEMMA_HTTP_TOKEN"
+    assert embedded.node.tls is None
+    assert (embedded.node.plain_port, embedded.node.tls_port) == (11112, None)
     assert [r.task for r in embedded.routing] == [
         Task.CXR_REPORT,
         Task.CT_VOLUME,
@@ -25,6 +30,32 @@ def test_embedded_defaults_and_shipped_file_agree() -> None:
     assert embedded.node.resolved_database_url.startswith("sqlite:///")
     # a file without a routing section gets the same default rules
     assert parse_settings("node: {port: 104}\n", "test").routing == embedded.routing
+
+
+def test_docker_file_differs_only_where_a_container_must() -> None:
+    embedded = load_settings(None)
+    docker = load_settings(REPO / "config" / "docker.yaml")
+    # A container listens on every interface (its ports are published) and keeps its data
+    # on the /data volume; nothing else differs.
+    assert docker.node.data_dir == Path("/data")
+    assert docker.node.host == "0.0.0.0" and docker.node.http_host == "0.0.0.0"
+    expected = embedded.model_copy(
+        update={
+            "node": embedded.node.model_copy(
+                update={"data_dir": Path("/data"), "host": "0.0.0.0", "http_host": "0.0.0.0"}
+            )
+        }
+    )
+    assert docker == expected
+
+
+def test_tls_ports() -> None:
+    files = "certificate: node.pem, private_key: node.key"
+    alone = parse_settings(f"node: {{port: 2762, tls: {{{files}}}}}\n", "test").node
+    assert (alone.plain_port, alone.tls_port) == (None, 2762)
+    both = parse_settings(f"node: {{tls: {{port: 2762, {files}}}}}\n", "test").node
+    assert (both.plain_port, both.tls_port) == (11112, 2762)
+    assert both.tls is not None and both.tls.ca_certificates is None
 
 
 @pytest.mark.parametrize(
@@ -41,6 +72,11 @@ def test_embedded_defaults_and_shipped_file_agree() -> None:
         ),
         ("pacs: {ae_title: PACS, host: h}\n", "pacs.port: Field required"),
         ("routing: [{name: a, task: ct-volume}, {name: a, task: mr-volume}]\n", "repeated: a"),
+        ("node: {tls: {certificate: c.pem}}\n", "node.tls.private_key: Field required"),
+        ("node: {tls: {certificate: c, private_key: k, ca_file: x}}\n", "node.tls.ca_file"),
+        ("node: {tls: {certificate: c, private_key: k, port: 11112}}\n", "tls.port 11112"),
+        ("node: {http_token_env: 'not a name'}\n", "node.http_token_env"),
+        ("node: {host: ''}\n", "node.host"),
     ],
 )
 def test_bad_configuration_names_key_and_file(tmp_path: Path, text: str, expected: str) -> None:

@@ -30,7 +30,7 @@ def test_serve_stops_with_a_reason_when_the_model_cannot_load(tmp_path: Path) ->
     ("key", "message"),
     [
         ("port", "cannot listen on DICOM port {port} (node.port)"),
-        ("http_port", "cannot listen on HTTP port {port} (node.http_port, on 0.0.0.0)"),
+        ("http_port", "cannot listen on HTTP port {port} (node.http_port, on 127.0.0.1)"),
     ],
 )
 def test_serve_names_the_port_when_it_is_taken(tmp_path: Path, key: str, message: str) -> None:

@@ -9,9 +9,12 @@ connection closes, one ``study-received`` event per study it delivered.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -20,7 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import metrics
 from node.audit import AuditEvent, AuditLog
-from node.config import NodeSettings, Peer
+from node.config import NodeSettings, Peer, TlsSettings
 from node.priors.cache import PriorCache, write_instance
 from node.store.ingest import Ingest, read_wire_header
 from node.store.meta import InvalidInstance, UnreadableData
@@ -39,6 +42,125 @@ REJECTED_PERMANENT = 0x01
 SERVICE_USER = 0x01
 CALLING_AE_NOT_RECOGNIZED = 0x03
 CALLED_AE_NOT_RECOGNIZED = 0x07
+
+# A client that opens a TLS connection and says nothing is dropped after this long.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+class ListenError(Exception):
+    """The SCP can't listen; the message names the setting to change."""
+
+
+class TlsSetupError(ListenError):
+    """A certificate, key or CA file that can't be used; the message names the key and file."""
+
+
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """A server context whose sockets shake hands on the connection's own thread.
+
+    pynetdicom wraps each accepted socket in its accept loop; shaking hands there, a client
+    that connects and then says nothing would hold back every other TLS connection. Here
+    the wrap only prepares the socket and :meth:`StorageSCP._on_connection_open` runs the
+    handshake, with a deadline, on the thread pynetdicom starts for the connection.
+    """
+
+    def wrap_socket(  # type: ignore[override]
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=server_hostname,
+            session=session,
+        )
+
+
+def _read(path: Path, key: str) -> None:
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise TlsSetupError(f"{key}: cannot read {path}: {e.strerror or e}") from e
+
+
+def _no_passphrase() -> bytes:
+    raise TlsSetupError("encrypted")
+
+
+def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The SSL context of the TLS listener; TlsSetupError names the key and file that failed."""
+    cert_key, key_key = "node.tls.certificate", "node.tls.private_key"
+    _read(tls.certificate, cert_key)
+    _read(tls.private_key, key_key)
+    # Parse the certificate file on its own first, so a failure is blamed on the right file.
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        probe.load_verify_locations(cafile=str(tls.certificate))
+    except ssl.SSLError as e:
+        raise TlsSetupError(
+            f"{cert_key}: {tls.certificate} holds no PEM certificate ({e.reason or e})"
+        ) from e
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(tls.certificate, tls.private_key, password=_no_passphrase)
+    except TlsSetupError as e:
+        raise TlsSetupError(
+            f"{key_key}: {tls.private_key} is encrypted; the node can't ask for a passphrase: "
+            "give it an unencrypted key that only the node's user can read"
+        ) from e
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            problem = f"is not the key of {cert_key} {tls.certificate}"
+        else:
+            problem = f"holds no usable PEM private key ({e.reason or e})"
+        raise TlsSetupError(f"{key_key}: {tls.private_key} {problem}") from e
+    if tls.ca_certificates is not None:
+        ca_key = "node.tls.ca_certificates"
+        _read(tls.ca_certificates, ca_key)
+        try:
+            context.load_verify_locations(cafile=str(tls.ca_certificates))
+        except ssl.SSLError as e:
+            raise TlsSetupError(
+                f"{ca_key}: {tls.ca_certificates} holds no PEM certificate ({e.reason or e})"
+            ) from e
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+# The attribute names ssl.SSLSocket.getpeercert gives, as RFC 4514 writes them.
+_DN_ABBREVIATIONS = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "stateOrProvinceName": "ST",
+    "localityName": "L",
+}
+
+
+def _certificate_subject(sock: ssl.SSLSocket) -> str | None:
+    """The client certificate's subject as ``CN=…,O=…`` (verified ones only), else None."""
+    certificate = sock.getpeercert()
+    subject = certificate.get("subject", ()) if certificate else ()
+    if isinstance(subject, str):
+        return subject or None
+    # A tuple of relative distinguished names, each a tuple of (attribute, value) pairs.
+    names = [
+        f"{_DN_ABBREVIATIONS.get(pair[0], pair[0])}={pair[1]}"
+        for rdn in subject
+        for pair in rdn
+        if isinstance(pair, tuple)
+    ]
+    return ",".join(names) or None
 
 
 def peer_allowed(peers: Sequence[Peer], ae_title: str, host: str) -> bool:
@@ -78,13 +200,19 @@ class StorageSCP:
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
                 self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
         self.audit = AuditLog.from_settings(settings)
         # Per open association: (study UID, filed as a prior) -> what it delivered.
         self._received: dict[Any, dict[tuple[str, bool], _Received]] = {}
         self._received_lock = threading.Lock()
 
-    def start(self, host: str = "0.0.0.0") -> None:
+    def start(self, host: str | None = None) -> None:
+        """Listen on ``node.host`` (or ``host``): plain DICOM and/or TLS, as configured.
+
+        ListenError when a port can't be bound, TlsSetupError when the TLS files can't be used;
+        either way nothing is left listening.
+        """
+        host = host if host is not None else self.settings.host
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -92,15 +220,105 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self.ae.start_server(
-            (host, self.settings.port), block=False, evt_handlers=handlers
+        tls, tls_port = self.settings.tls, self.settings.tls_port
+        # Checked before anything listens: a bad file stops start-up with nothing bound.
+        context = server_tls_context(tls) if tls is not None else None
+        plain_port = self.settings.plain_port
+        try:
+            if plain_port is not None:
+                self._listen(host, plain_port, "node.port", handlers, None)
+                log.info(
+                    "DICOM SCP %s listening on %s port %d (plain DICOM)",
+                    self.settings.ae_title,
+                    host,
+                    plain_port,
+                )
+            if tls is None or context is None or tls_port is None:
+                log.info("DICOM TLS is off (node.tls unset)")
+                return
+            tls_handlers = [(evt.EVT_CONN_OPEN, self._on_connection_open), *handlers]
+            key = "node.port" if self.settings.plain_port is None else "node.tls.port"
+            self._listen(host, tls_port, key, tls_handlers, context)
+        except ListenError:
+            self.stop()
+            raise
+        clients = (
+            f"client certificates required, verified against {tls.ca_certificates}"
+            if tls.ca_certificates is not None
+            else "client certificates not required (node.tls.ca_certificates unset)"
         )
-        log.info("DICOM SCP %s listening on port %d", self.settings.ae_title, self.settings.port)
+        log.info(
+            "DICOM SCP %s listening on %s port %d with TLS (1.2 or later, certificate %s); %s",
+            self.settings.ae_title,
+            host,
+            tls_port,
+            tls.certificate,
+            clients,
+        )
+
+    def _listen(
+        self,
+        host: str,
+        port: int,
+        key: str,
+        handlers: list[Any],
+        context: ssl.SSLContext | None,
+    ) -> None:
+        try:
+            server = self.ae.start_server(
+                (host, port), block=False, ssl_context=context, evt_handlers=handlers
+            )
+        except OSError as e:
+            raise ListenError(
+                f"cannot listen on DICOM port {port} ({key}) on {host} (node.host): "
+                f"{e.strerror or e}"
+            ) from e
+        assert server is not None  # block=False returns the running server
+        self._servers.append(server)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        for server in self._servers:
+            server.shutdown()
+        self._servers = []
+
+    def _on_connection_open(self, event: Any) -> None:
+        """TLS listener only: shake hands before pynetdicom reads the A-ASSOCIATE-RQ."""
+        transport = event.assoc.dul.socket  # pynetdicom's AssociationSocket
+        sock = transport.socket
+        if not isinstance(sock, ssl.SSLSocket):
+            return
+        address, port = event.address[0], int(event.address[1])
+        blocking = sock.gettimeout()
+        try:
+            sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            sock.do_handshake()
+            sock.settimeout(blocking)
+        except (ssl.SSLEOFError, ConnectionError) as e:
+            # A port probe or a client that gave up: nothing was refused, nothing to audit.
+            log.info("TLS connection from %s closed during the handshake (%s)", address, e)
+            transport.close()
+            return
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
+            log.warning("refused TLS connection from %s: handshake failed: %s", address, reason)
+            metrics.association_refused("tls")
+            self.audit.record(
+                AuditEvent.ASSOCIATION_REFUSED,
+                calling_ae=None,
+                called_ae=None,
+                peer_address=str(address),
+                peer_port=port,
+                reason=f"TLS handshake failed: {reason}",
+            )
+            # Closing the transport ends the association before anything is read from it.
+            transport.close()
+            return
+        log.debug(
+            "TLS %s from %s, client certificate %s",
+            sock.version(),
+            address,
+            _certificate_subject(sock) or "none",
+        )
 
     def _on_requested(self, event: Any) -> None:
         calling, address = _requestor(event)
@@ -139,12 +357,19 @@ class StorageSCP:
         metrics.association_accepted()
         calling, address = _requestor(event)
         requestor = event.assoc.requestor
+        sock = event.assoc.dul.socket.socket
+        tls: dict[str, str | None] = (
+            {"tls": sock.version(), "peer_certificate": _certificate_subject(sock)}
+            if isinstance(sock, ssl.SSLSocket)
+            else {}
+        )
         self.audit.record(
             AuditEvent.ASSOCIATION_ACCEPTED,
             calling_ae=calling,
             called_ae=str(requestor.primitive.called_ae_title).strip(),
             peer_address=address,
             peer_port=int(requestor.port),
+            **tls,
         )
 
     def _note_received(

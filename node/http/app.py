@@ -3,18 +3,26 @@
 Routes only translate: each calls the index, the ingest path or a renderer and turns
 their errors into an HTTP status at this boundary, as the SCP turns them into DIMSE
 statuses. Nothing here needs a patient attribute, and none is returned.
+
+With a bearer token configured every route but ``/healthz`` asks for it (:class:`BearerAuth`,
+a FastAPI dependency): in the ``Authorization`` header, or as the cookie the worklist page
+sets when a browser opens it once as ``/?token=…``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,7 +37,21 @@ from node.store.ingest import Ingest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NodeView", "WorkerCounts", "create_app"]
+__all__ = ["TOKEN_COOKIE", "BearerAuth", "NodeView", "WorkerCounts", "create_app"]
+
+# The worklist page's cookie: an HMAC of the token (never the token itself), HttpOnly,
+# SameSite=Strict, for as long as the browser runs.
+TOKEN_COOKIE = "medgemma_token"
+_COOKIE_LABEL = b"medgemma-node worklist cookie v1"
+_REALM = 'Bearer realm="medgemma-node"'
+
+# Where a request may carry the token; module-level so the annotations below resolve.
+_BEARER = HTTPBearer(auto_error=False, description="the token in node.http_token_env")
+_COOKIE = APIKeyCookie(
+    name=TOKEN_COOKIE, auto_error=False, description="set by opening /?token=<token>"
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+TokenCookie = Annotated[str | None, Depends(_COOKIE)]
 
 
 @dataclass(frozen=True)
@@ -59,23 +81,122 @@ def _database_reachable(index: Index) -> bool:
     return True
 
 
-def create_app(view: NodeView) -> FastAPI:
-    """The ASGI application; served by :class:`node.http.server.HttpServer`."""
+class BearerAuth:
+    """Checks the HTTP bearer token; with no token configured it lets everything through.
+
+    Accepted: ``Authorization: Bearer <token>``, or the cookie set by :meth:`set_cookie`
+    (a browser can't add a header to the worklist page's ``<img>`` requests). Both are
+    compared in constant time.
+    """
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token.encode("utf-8") if token else None
+        self._cookie = (
+            hmac.new(self._token, _COOKIE_LABEL, hashlib.sha256).hexdigest().encode("ascii")
+            if self._token is not None
+            else None
+        )
+
+    @property
+    def required(self) -> bool:
+        return self._token is not None
+
+    def token_matches(self, presented: str) -> bool:
+        return self._token is not None and secrets.compare_digest(
+            presented.encode("utf-8"), self._token
+        )
+
+    def cookie_matches(self, presented: str) -> bool:
+        return self._cookie is not None and secrets.compare_digest(
+            presented.encode("utf-8"), self._cookie
+        )
+
+    def check(self, request: Request, token: str | None, cookie: str | None) -> None:
+        """Raise 401 unless the header's token or the cookie is right (or none is needed)."""
+        if self._token is None:
+            return
+        if token is not None and self.token_matches(token):
+            return
+        if cookie is not None and self.cookie_matches(cookie):
+            return
+        raise self.refusal(request, wrong=token is not None or cookie is not None)
+
+    def refusal(self, request: Request, *, wrong: bool) -> HTTPException:
+        client = request.client.host if request.client else "unknown"
+        if wrong:
+            log.warning(
+                "refused HTTP %s %s from %s: wrong bearer token or cookie",
+                request.method,
+                request.url.path,
+                client,
+            )
+            challenge = f'{_REALM}, error="invalid_token"'
+        else:
+            log.debug(
+                "refused HTTP %s %s from %s: no token", request.method, request.url.path, client
+            )
+            challenge = _REALM
+        return HTTPException(
+            401,
+            "a bearer token is required: send 'Authorization: Bearer <token>', "
+            "or open /?token=<token> once in a browser",
+            headers={"WWW-Authenticate": challenge},
+        )
+
+    def set_cookie(self, response: Response) -> None:
+        assert self._cookie is not None
+        # No Secure flag: the node serves plain HTTP (put a TLS proxy in front on open networks).
+        response.set_cookie(
+            TOKEN_COOKIE, self._cookie.decode("ascii"), httponly=True, samesite="strict", path="/"
+        )
+
+
+def create_app(view: NodeView, *, http_token: str | None = None) -> FastAPI:
+    """The ASGI application; served by :class:`node.http.server.HttpServer`.
+
+    ``http_token``: the bearer token every route but ``/healthz`` asks for; None: none.
+    """
     # No /docs or /redoc: they load their scripts from a CDN, and the node has no network.
+    # /openapi.json is served below, behind the token like everything else.
     app = FastAPI(
         title="medgemma-node",
         version=__version__,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,
         description="NOT FOR DIAGNOSTIC USE. AI findings are UNVERIFIED.",
     )
     results = ResultHeaders()
     images = JobImages(view.index)
     page = resources.files("node.http").joinpath("worklist.html").read_text(encoding="utf-8")
+    auth = BearerAuth(http_token)
+
+    def require_token(
+        request: Request, credentials: BearerCredentials, session: TokenCookie
+    ) -> None:
+        auth.check(request, credentials.credentials if credentials else None, session)
+
+    api = APIRouter(dependencies=[Depends(require_token)])
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def worklist_page() -> HTMLResponse:
-        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+    def worklist_page(
+        request: Request,
+        credentials: BearerCredentials,
+        session: TokenCookie,
+        token: Annotated[str | None, Query(include_in_schema=False)] = None,
+    ) -> HTMLResponse:
+        if token is None or not auth.required:
+            auth.check(request, credentials.credentials if credentials else None, session)
+            return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
+        # Opened once with the token in the URL: the page's later requests carry the cookie,
+        # and its script takes the token out of the address bar.
+        if not auth.token_matches(token):
+            raise auth.refusal(request, wrong=True)
+        response = HTMLResponse(
+            page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+        )
+        auth.set_cookie(response)
+        return response
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -92,12 +213,12 @@ def create_app(view: NodeView) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    @app.get("/metrics")
+    @api.get("/metrics")
     def metrics() -> Response:
         body, content_type = render_metrics(view.index)
         return Response(body, media_type=content_type)
 
-    @app.get("/api/studies")
+    @api.get("/api/studies")
     def studies(
         state: Annotated[
             str | None, Query(description=f"one of: {', '.join(FILTER_STATES)}")
@@ -108,7 +229,7 @@ def create_app(view: NodeView) -> FastAPI:
             raise HTTPException(422, f"state {state!r} is none of: {', '.join(FILTER_STATES)}")
         return list_studies(view.index, results, state=state, limit=limit)
 
-    @app.post("/api/studies/{study_uid}/reprocess", status_code=202)
+    @api.post("/api/studies/{study_uid}/reprocess", status_code=202)
     def reprocess(study_uid: str, request: Request) -> dict[str, Any]:
         try:
             job_ids = view.index.reprocess(study_uid)
@@ -131,7 +252,7 @@ def create_app(view: NodeView) -> FastAPI:
         )
         return {"study_instance_uid": study_uid, "jobs": job_ids}
 
-    @app.get("/api/jobs/{job_id}/image.png")
+    @api.get("/api/jobs/{job_id}/image.png")
     def job_image(job_id: int) -> Response:
         try:
             png = images.png(job_id)
@@ -139,15 +260,23 @@ def create_app(view: NodeView) -> FastAPI:
             raise HTTPException(404, str(e)) from None
         except ImageUnrenderable as e:
             raise HTTPException(422, str(e)) from None
-        # A job's picture never changes; a reprocessed study gets new job ids.
-        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+        # A job's picture never changes; a reprocessed study gets new job ids. It is a
+        # patient's image: the browser may keep it, a shared cache may not.
+        return Response(
+            png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+        )
 
-    @app.post("/dicom-web/studies")
+    @api.post("/dicom-web/studies")
     async def stow(request: Request) -> Response:
         return await receive_stow(request, view.ingest, view.audit, None)
 
-    @app.post("/dicom-web/studies/{study_uid}")
+    @api.post("/dicom-web/studies/{study_uid}")
     async def stow_into_study(study_uid: str, request: Request) -> Response:
         return await receive_stow(request, view.ingest, view.audit, study_uid)
 
+    @api.get("/openapi.json", include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    app.include_router(api)
     return app

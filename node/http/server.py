@@ -23,7 +23,7 @@ _START_TIMEOUT = 10.0
 
 
 class HttpServer:
-    def __init__(self, app: ASGIApp, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(self, app: ASGIApp, port: int, host: str = "127.0.0.1") -> None:
         self.app = app
         self.port = port
         self.host = host
@@ -62,8 +62,9 @@ class HttpServer:
                 raise OSError(f"the HTTP server on port {self.port} did not start")
             time.sleep(0.01)
         log.info(
-            "HTTP on port %d: worklist page /, API /api/studies, STOW-RS /dicom-web/studies, "
+            "HTTP on %s port %d: worklist page /, API /api/studies, STOW-RS /dicom-web/studies, "
             "/healthz, /metrics",
+            self.host,
             self.port,
         )
 

@@ -53,22 +53,9 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-ROUTE_STABLE_STUDIES = """
--- Route every stable study to the node, leaving out what the node itself sent back.
-function OnStableStudy(studyId, tags, metadata)
-  local instances = ParseJson(RestApiGet('/studies/' .. studyId .. '/instances'))
-  local ids = {}
-  for _, instance in pairs(instances) do
-    local origin = RestApiGet('/instances/' .. instance['ID'] .. '/metadata/RemoteAET')
-    if origin ~= 'NODE_AET' then
-      table.insert(ids, instance['ID'])
-    end
-  end
-  if #ids > 0 then
-    RestApiPost('/modalities/node/store', DumpJson(ids, true))
-  end
-end
-"""
+# Orthanc's routing script: the very file docker/compose.yaml's Orthanc loads. It sends a stable
+# study to the modality named "node", leaving out what the node itself sent back.
+ROUTE_STABLE_STUDIES = REPO / "docker" / "orthanc" / "route.lua"
 
 
 class Orthanc:
@@ -123,9 +110,7 @@ class Orthanc:
             "LuaScripts": [],
         }
         if route and node_aet:
-            script = self.workdir / "route.lua"
-            script.write_text(ROUTE_STABLE_STUDIES.replace("NODE_AET", node_aet))
-            config["LuaScripts"] = [str(script)]
+            config["LuaScripts"] = [str(ROUTE_STABLE_STUDIES)]
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         log = (self.workdir / "orthanc.log").open("wb")

@@ -113,6 +113,10 @@ class Orthanc:
             config["LuaScripts"] = [str(ROUTE_STABLE_STUDIES)]
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
+        return self.launch(config_path)
+
+    def launch(self, config_path: Path) -> Orthanc:
+        """Run Orthanc on ``config_path`` (its ports must be this object's) until it answers."""
         log = (self.workdir / "orthanc.log").open("wb")
         self.process = subprocess.Popen(
             ["Orthanc", str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=NODELAY_ENV
@@ -299,3 +303,14 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
             self.process = None
+
+
+def serve_until_exit(config_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``medgemma-node serve`` that is expected to stop by itself (a start-up failure)."""
+    return subprocess.run(
+        [str(NODE_BIN), "serve", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

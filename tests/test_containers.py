@@ -39,10 +39,10 @@ from node.imaging.wsi import MAX_PATCHES
 from tests.conftest import storescu
 from tests.peers import (
     DICOMWEB_PLUGIN,
-    NODELAY_ENV,
     REPO,
     ROUTE_STABLE_STUDIES,
     NodeProcess,
+    Orthanc,
     free_port,
     wait_for,
 )
@@ -425,13 +425,13 @@ def _run_healthcheck(test: list[str], port: int) -> subprocess.CompletedProcess[
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
-class ShippedOrthanc:
+class ShippedOrthanc(Orthanc):
     """Orthanc on docker/orthanc/orthanc.json: only ports, directories, the node's address and
     the paths of the plugin and the script (the image's mounts) rewritten."""
 
     def __init__(self, workdir: Path, compose: dict[str, Any], node_port: int) -> None:
+        super().__init__(workdir)
         config: dict[str, Any] = json.loads(ORTHANC_CONFIG.read_text())
-        self.dicom_port, self.http_port = free_port(), free_port()
         config["DicomPort"], config["HttpPort"] = self.dicom_port, self.http_port
         config["StorageDirectory"] = config["IndexDirectory"] = str(workdir / "db")
         modality = config["DicomModalities"][_lua_constant("NODE")]
@@ -444,26 +444,10 @@ class ShippedOrthanc:
         self.config_path.write_text(json.dumps(config, indent=2))
         self.config = config
         self.log_path = workdir / "orthanc.log"
-        self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self) -> ShippedOrthanc:
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            ["Orthanc", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=NODELAY_ENV,
-        )
-        wait_for(lambda: self.get("/system"), timeout=30, what="Orthanc to answer HTTP")
+    def start(self) -> ShippedOrthanc:  # type: ignore[override]
+        self.launch(self.config_path)
         return self
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return json.loads(response.read())
 
     def store_jobs_done(self) -> int:
         """How many sends to a modality have finished; raises while one is still under way."""
@@ -471,15 +455,6 @@ class ShippedOrthanc:
         if any(j["State"] in {"Pending", "Running", "Retry"} for j in jobs):
             raise ValueError("a send to a modality is still under way")
         return sum(j["State"] == "Success" for j in jobs)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
 
 
 def _rehost(url: str, port: int) -> str:

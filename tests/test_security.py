@@ -22,7 +22,7 @@ from node.config import TlsSettings
 from node.dimse.scp import TlsSetupError, server_tls_context
 from node.store.index import Index
 from tests.conftest import node_config, storescu
-from tests.peers import NODE_BIN, NodeProcess, free_port, wait_for
+from tests.peers import NodeProcess, free_port, serve_until_exit, wait_for
 
 TOKEN = "mgn-test-token-6f1d2c9a8b7e4f30"
 TOKEN_ENV = "MGN_TEST_HTTP_TOKEN"
@@ -280,12 +280,7 @@ def test_bad_key_stops_serve_naming_the_key_and_file(tmp_path: Path, pki: Pki) -
     missing = tmp_path / "no-such.key"
     tls = {"certificate": str(pki.server_cert), "private_key": str(missing)}
     config_path, _ = node_config(tmp_path, tmp_path / "model-unused", node={"tls": tls})
-    result = subprocess.run(
-        [str(NODE_BIN), "serve", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = serve_until_exit(config_path)
     assert result.returncode == 1
     assert f"node.tls.private_key: cannot read {missing}" in result.stderr
 

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import node_config
-from tests.peers import NODE_BIN
+from tests.peers import serve_until_exit
 
 
 def test_serve_stops_with_a_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-checkpoint"
     config_path, _ = node_config(tmp_path, missing)
-    result = subprocess.run(
-        [str(NODE_BIN), "serve", "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = serve_until_exit(config_path)
     assert result.returncode == 1
     assert str(missing) in result.stderr
     assert "could not load the model" in result.stderr
@@ -39,11 +33,6 @@ def test_serve_names_the_port_when_it_is_taken(tmp_path: Path, key: str, message
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", port))
         taken.listen()
-        result = subprocess.run(
-            [str(NODE_BIN), "serve", "--config", str(config_path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = serve_until_exit(config_path)
     assert result.returncode == 1
     assert message.format(port=port) in result.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +27,7 @@ from node.imaging.volume import VolumeInput, series_to_volume_input
 from node.imaging.wsi import WsiInput, wsi_to_patches
 from node.inference.answers import (
     AnswerError,
+    LabResult,
     parse_boxes,
     parse_lab_results,
     parse_longitudinal,
@@ -149,6 +150,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     }
     verdicts: list[str] = []
     prior_sources: list[Dataset] = []
+    task = job.task.value
     if prior is None or prior.image is None or prior_radiograph is None:
         prompt = cxr_report_prompt(
             radiograph.image, context=context_text, max_new_tokens=job.token_limit
@@ -173,16 +175,12 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
             comparison = parse_longitudinal(answer)
         except AnswerError as e:
             raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
-        verdicts = [
-            f"Compared with the prior study: {v.finding}: {v.verdict.capitalize()}"
-            for v in comparison.verdicts
-        ]
+        verdicts = [f"{v.finding}: {v.verdict.capitalize()}" for v in comparison.verdicts]
         narrative, impression, report = comparison.summary, None, comparison.summary
         prior_sources = [prior.image]
+        task = Task.CXR_LONGITUDINAL.value
         record.update(
-            comparison=True,
-            verdicts=[v.removeprefix("Compared with the prior study: ") for v in verdicts],
-            prior_report_used=prior_report is not None,
+            comparison=True, verdicts=verdicts, prior_report_used=prior_report is not None
         )
     findings, localization_notes = _localize(job, engine, radiograph, report)
     boxes = [f.box for f in findings if f.box is not None]
@@ -195,18 +193,17 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         report=report,
     )
     results = [
-        build_measurement_report(
+        _report(
+            job,
+            engine,
             [ds],
             findings,
             narrative=narrative,
             impression=impression,
-            model_label=engine.label,
-            is_test_model=engine.is_test_model,
-            task=job.task.value if not verdicts else Task.CXR_LONGITUDINAL.value,
-            verdicts=verdicts,
+            task=task,
+            verdicts=[f"Compared with the prior study: {v}" for v in verdicts],
             prior_sources=prior_sources,
             context_used=context_text,
-            previous_versions=_previous_reports(job),
         )
     ]
     if Output.GSPS in job.outputs and boxes:
@@ -254,6 +251,39 @@ def _localize(
         notes += dropped
         findings += [LocalizedFinding(label, box) for box in kept] or [LocalizedFinding(label)]
     return findings, notes
+
+
+def _report(
+    job: TaskInput,
+    engine: Engine,
+    sources: Sequence[Dataset],
+    findings: Sequence[LocalizedFinding],
+    *,
+    narrative: str,
+    impression: str | None = None,
+    conclusion: str | None = None,
+    task: str | None = None,
+    verdicts: Sequence[str] = (),
+    prior_sources: Sequence[Dataset] = (),
+    lab_items: Sequence[LabResult] = (),
+    context_used: str | None = None,
+) -> Dataset:
+    """The job's TID 1500 report: the model named, the run it replaces cited."""
+    return build_measurement_report(
+        sources,
+        findings,
+        narrative=narrative,
+        impression=impression,
+        conclusion=conclusion,
+        model_label=engine.label,
+        is_test_model=engine.is_test_model,
+        task=task or job.task.value,
+        verdicts=verdicts,
+        prior_sources=prior_sources,
+        lab_items=lab_items,
+        context_used=context_used,
+        previous_versions=_previous_reports(job),
+    )
 
 
 def _previous_reports(job: TaskInput) -> list[Dataset]:
@@ -321,17 +351,14 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
                 f"series {series_uid}: no readable header names the instances the sent "
                 "slices came from"
             )
-        sr = build_measurement_report(
+        sr = _report(
+            job,
+            engine,
             sources,
             named.findings,
             narrative=text,
-            impression=None,
             conclusion=_volume_conclusion(verdict, modality),
-            model_label=engine.label,
-            is_test_model=engine.is_test_model,
-            task=job.task.value,
             context_used=context.text if context else None,
-            previous_versions=_previous_reports(job),
         )
         record: dict[str, object] = {
             "series": series_uid,
@@ -398,16 +425,7 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
     except AnswerError as e:
         raise InputError(f"{engine.label} gave no usable description: {e}") from e
     level = _level_headers(headers, slide)
-    sr = build_measurement_report(
-        level,
-        [],
-        narrative=description,
-        impression=None,
-        model_label=engine.label,
-        is_test_model=engine.is_test_model,
-        task=job.task.value,
-        previous_versions=_previous_reports(job),
-    )
+    sr = _report(job, engine, level, [], narrative=description)
     record: dict[str, object] = {
         "series": slide.series_uid,
         "patches_sent": len(slide.patches),
@@ -499,16 +517,13 @@ def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     sources = [by_uid[uid] for uid in dict.fromkeys(document.sop_instance_uids) if uid in by_uid]
     if not sources:
         raise InputError("the document's headers can't be read again")
-    sr = build_measurement_report(
+    sr = _report(
+        job,
+        engine,
         sources,
         [],
         narrative=f"{len(results)} lab test(s) extracted from {len(document.pages)} page(s).",
-        impression=None,
-        model_label=engine.label,
-        is_test_model=engine.is_test_model,
-        task=job.task.value,
         lab_items=results,
-        previous_versions=_previous_reports(job),
     )
     uncoded = [r for r in results if lab_number(r) is None]
     record: dict[str, object] = {

@@ -91,6 +91,15 @@ def _read(path: Path, key: str) -> None:
         raise TlsSetupError(f"{key}: cannot read {path}: {e.strerror or e}") from e
 
 
+def _load_certificates(context: ssl.SSLContext, path: Path, key: str) -> None:
+    """Load the PEM certificates in ``path``; TlsSetupError names the key and file."""
+    _read(path, key)
+    try:
+        context.load_verify_locations(cafile=str(path))
+    except ssl.SSLError as e:
+        raise TlsSetupError(f"{key}: {path} holds no PEM certificate ({e.reason or e})") from e
+
+
 def _no_passphrase() -> bytes:
     raise TlsSetupError("encrypted")
 
@@ -98,16 +107,9 @@ def _no_passphrase() -> bytes:
 def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """The SSL context of the TLS listener; TlsSetupError names the key and file that failed."""
     cert_key, key_key = "node.tls.certificate", "node.tls.private_key"
-    _read(tls.certificate, cert_key)
-    _read(tls.private_key, key_key)
     # Parse the certificate file on its own first, so a failure is blamed on the right file.
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        probe.load_verify_locations(cafile=str(tls.certificate))
-    except ssl.SSLError as e:
-        raise TlsSetupError(
-            f"{cert_key}: {tls.certificate} holds no PEM certificate ({e.reason or e})"
-        ) from e
+    _load_certificates(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls.certificate, cert_key)
+    _read(tls.private_key, key_key)
     context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -124,14 +126,7 @@ def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
             problem = f"holds no usable PEM private key ({e.reason or e})"
         raise TlsSetupError(f"{key_key}: {tls.private_key} {problem}") from e
     if tls.ca_certificates is not None:
-        ca_key = "node.tls.ca_certificates"
-        _read(tls.ca_certificates, ca_key)
-        try:
-            context.load_verify_locations(cafile=str(tls.ca_certificates))
-        except ssl.SSLError as e:
-            raise TlsSetupError(
-                f"{ca_key}: {tls.ca_certificates} holds no PEM certificate ({e.reason or e})"
-            ) from e
+        _load_certificates(context, tls.ca_certificates, "node.tls.ca_certificates")
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 

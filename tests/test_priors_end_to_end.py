@@ -73,7 +73,12 @@ def test_current_study_is_compared_with_the_prior(
         sr = wait_for(
             lambda: _sr_of_study(orthanc, current_uid), timeout=180, what="the comparison SR"
         )
-        (job,) = [j for j in index.jobs(current_uid) if j.state == JobState.DONE]
+        # The SR lands at the PACS a moment before the job is marked done.
+        (job,) = wait_for(
+            lambda: [j for j in index.jobs(current_uid) if j.state == JobState.DONE],
+            timeout=30,
+            what="the comparison job to be done",
+        )
         (prior_job,) = [j for j in index.jobs(prior_uid) if j.state == JobState.DONE]
     except TimeoutError:
         pytest.fail(f"timed out; node log:\n{node.log()}")

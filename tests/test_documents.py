@@ -29,7 +29,7 @@ from fixtures.documents import (
     make_scanned_document,
 )
 from fixtures.series import make_ct_series
-from node.imaging.document import document_to_pages
+from node.imaging.document import DocumentInput, document_to_pages
 from node.imaging.errors import ImagingError
 from tests.dicom_tools import dciodvfy_errors
 
@@ -57,6 +57,29 @@ def test_lab_report_pdf_is_a_pdf(tmp_path: Path) -> None:
     assert data.rstrip().endswith(b"%%EOF")
 
 
+def _unpadded(result: DocumentInput) -> list[Image.Image]:
+    """Each page without the zero bars that square it."""
+    return [
+        page.crop((pad.left, pad.top, page.width - pad.right, page.height - pad.bottom))
+        for page, pad in zip(result.pages, result.paddings, strict=True)
+    ]
+
+
+def test_pages_are_zero_padded_to_centred_squares(tmp_path: Path) -> None:
+    """As the container pads every image: a portrait page between black bars, dw // 2 left."""
+    ds = pydicom.dcmread(make_encapsulated_pdf(tmp_path))
+    result = document_to_pages([ds])
+    (page,) = result.pages
+    (pad,) = result.paddings
+    width, height = page.width - pad.left - pad.right, page.height - pad.top - pad.bottom
+    assert page.width == page.height == height > width  # a portrait page: bars left and right
+    dw = height - width
+    assert (pad.top, pad.bottom, pad.left, pad.right) == (0, 0, dw // 2, dw - dw // 2)
+    pixels = np.asarray(page)
+    assert pixels[:, : pad.left].max() == 0 and pixels[:, page.width - pad.right :].max() == 0
+    assert pixels[:, pad.left : pad.left + 5].min() > 200  # the page's own white margin
+
+
 def test_encapsulated_pdf_round_trip(tmp_path: Path) -> None:
     path = make_encapsulated_pdf(tmp_path, pages=3, study_uid="1.2.3.4")
     assert dciodvfy_errors(path) == []
@@ -74,7 +97,7 @@ def test_encapsulated_pdf_round_trip(tmp_path: Path) -> None:
     assert result.sop_instance_uids == [ds.SOPInstanceUID] * 3
     assert result.notes == []
     expected = (PAGE_INCHES[0] * PAGE_DPI, PAGE_INCHES[1] * PAGE_DPI)
-    for page in result.pages:
+    for page in _unpadded(result):
         # PDFium rounds the bitmap size up; a pixel of slack either way.
         assert abs(page.width - expected[0]) <= 1 and abs(page.height - expected[1]) <= 1
         _assert_lab_page(page)
@@ -83,7 +106,7 @@ def test_encapsulated_pdf_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dpi", [100, 180])  # 180 dpi: 1980 px, under the 2048 cap
 def test_pdf_page_size_follows_dpi(tmp_path: Path, dpi: int) -> None:
     ds = pydicom.dcmread(make_encapsulated_pdf(tmp_path))
-    (page,) = document_to_pages([ds], dpi=dpi).pages
+    (page,) = _unpadded(document_to_pages([ds], dpi=dpi))
     assert abs(page.width - PAGE_INCHES[0] * dpi) <= 1
     assert abs(page.height - PAGE_INCHES[1] * dpi) <= 1
     _assert_lab_page(page, scale=dpi / PAGE_DPI)
@@ -92,7 +115,7 @@ def test_pdf_page_size_follows_dpi(tmp_path: Path, dpi: int) -> None:
 def test_pdf_longer_side_is_capped(tmp_path: Path) -> None:
     ds = pydicom.dcmread(make_encapsulated_pdf(tmp_path))
     result = document_to_pages([ds], dpi=300, max_side=1000)
-    (page,) = result.pages
+    (page,) = result.pages  # the padded square is within the cap too
     assert max(page.size) <= 1001
     assert any("capped at 1000 px" in note and ds.SOPInstanceUID in note for note in result.notes)
 
@@ -105,7 +128,7 @@ def test_scanned_rgb_secondary_capture(tmp_path: Path) -> None:
     assert ds.PhotometricInterpretation == "RGB"
 
     result = document_to_pages([path])
-    (page,) = result.pages
+    (page,) = _unpadded(result)
     assert page.size == (ds.Columns, ds.Rows)
     assert result.sop_instance_uids == [ds.SOPInstanceUID]
     _assert_lab_page(page)
@@ -121,7 +144,7 @@ def test_scanned_monochrome1_is_inverted_to_black_on_white(tmp_path: Path) -> No
     ds.PhotometricInterpretation = "MONOCHROME1"  # same page stored white-is-0
     ds.PixelData = (255 - ds.pixel_array).astype(np.uint8).tobytes()
 
-    (page,) = document_to_pages([ds]).pages
+    (page,) = _unpadded(document_to_pages([ds]))
     _assert_lab_page(page)
     assert np.array_equal(_grey(page), np.asarray(draw_lab_report_page()))
 
@@ -131,7 +154,7 @@ def test_scanned_windowed_monochrome_uses_the_window(tmp_path: Path) -> None:
     # A window that maps everything ≥ 128 to white and < 128 to black.
     ds.WindowCenter = 128
     ds.WindowWidth = 2
-    (page,) = document_to_pages([ds]).pages
+    (page,) = _unpadded(document_to_pages([ds]))
     values = set(np.unique(_grey(page)).tolist())
     assert values <= {0, 255}
     _assert_lab_page(page)
@@ -146,7 +169,7 @@ def test_multiframe_scan_pages_and_max_pages(tmp_path: Path) -> None:
 
     all_pages = document_to_pages([ds])
     assert len(all_pages.pages) == 3 and all_pages.notes == []
-    for page in all_pages.pages:
+    for page in _unpadded(all_pages):
         _assert_lab_page(page)
 
     capped = document_to_pages([ds], max_pages=2)

@@ -190,16 +190,26 @@ def test_multiple_windows_use_the_first() -> None:
     assert np.asarray(result.image)[1, :, 0].tolist() == [0, 128, 255]
 
 
-def test_voi_lut_sequence_is_applied() -> None:
+def test_voi_lut_sequence_only_without_a_window() -> None:
+    """The container applies the first window when there is one and never reads a VOI LUT
+    Sequence; the node uses the sequence only for an image without a window."""
     pixels = np.array([[0, 1, 2, 3]])
     item = Dataset()
     item.LUTDescriptor = [4, 0, 8]
     item.LUTData = [0, 255, 0, 255]  # a non-monotonic LUT proves the LUT was used
-    ds = _grey_image(pixels, WindowCenter=1, WindowWidth=2)
+    ds = _grey_image(pixels)
     ds.VOILUTSequence = [item]
-    result = radiograph_to_image(ds)
-    assert result.window is None
-    assert np.asarray(result.image)[1, :, 0].tolist() == [0, 255, 0, 255]
+    lut = radiograph_to_image(ds)
+    assert (lut.window, lut.voi) == (None, "voi_lut_sequence")
+    assert np.asarray(lut.image)[1, :, 0].tolist() == [0, 255, 0, 255]
+    ds.WindowCenter, ds.WindowWidth = 2, 4
+    windowed = radiograph_to_image(ds)
+    assert (windowed.window, windowed.voi) == ((2.0, 4.0), "window")
+    # LINEAR (PS3.3 C.11.2.1.2.1), c = 2, w = 4: x ≤ c − 0.5 − (w−1)/2 = 0 → 0;
+    # x > c − 0.5 + (w−1)/2 = 3 → max; else ((x − 1.5) / 3 + 0.5): 1 → 1/3, 2 → 2/3,
+    # 3 → 1; ×255 and rounded: 85, 170, 255.
+    assert np.asarray(windowed.image)[1, :, 0].tolist() == [0, 85, 170, 255]
+    assert any("VOI LUT Sequence not used" in note for note in windowed.notes)
 
 
 def test_missing_pixel_data_names_the_uid() -> None:
@@ -245,18 +255,52 @@ def test_sample_indices_follow_the_notebook() -> None:
 
 
 def test_ct_windows_on_known_hu() -> None:
-    hu = np.array([[0, -2000, 3000, 40], [-1024, 1024, -135, 80]], dtype=np.float64)
+    """Values worked out by hand from MEDGEMMA.md: clip, scale to 0–255, np.round (half to
+    even), uint8. R: −1024…1024, G: −135…215, B: 0…80."""
+    hu = np.array(
+        [[0, -2000, 3000, 40], [-1024, 1024, -135, 80], [100, -100, 215, 20], [0, 0, 0, 0]],
+        dtype=np.float64,
+    )
     volume = series_to_volume_input([_ct_slice(hu)])
     assert volume.modality == "CT" and len(volume.images) == 1
     rgb = np.asarray(volume.images[0])
-    r, g, b = rgb[0, 0]
-    assert r in (127, 128) and g in (98, 99) and b == 0  # HU 0
+    # HU 0: R = 1024/2048·255 = 127.5 → 128 (truncation gave 127); G = 135/350·255 = 98.36 → 98.
+    assert rgb[0, 0].tolist() == [128, 98, 0]
     assert rgb[0, 1].tolist() == [0, 0, 0]  # −2000: below every window
     assert rgb[0, 2].tolist() == [255, 255, 255]  # 3000: above every window
-    assert rgb[0, 3, 2] in (127, 128)  # 40 HU is the centre of the brain window
+    # HU 40: R = 1064/2048·255 = 132.48 → 132; G = 175/350·255 = 127.5 → 128; B = 127.5 → 128.
+    assert rgb[0, 3].tolist() == [132, 128, 128]
     assert rgb[1, 0].tolist() == [0, 0, 0]
     assert rgb[1, 1].tolist() == [255, 255, 255]
-    assert rgb[1, 2, 1] == 0 and rgb[1, 3, 2] == 255
+    assert rgb[1, 2].tolist() == [111, 0, 0]  # R = 889/2048·255 = 110.69 → 111
+    assert rgb[1, 3].tolist() == [137, 157, 255]  # R 137.46; G = 215/350·255 = 156.64 → 157
+    assert rgb[2, 0].tolist() == [140, 171, 255]  # HU 100: R 139.95, G 171.21
+    assert rgb[2, 1].tolist() == [115, 26, 0]  # HU −100: R 115.05; G = 35/350·255 = 25.5 → 26
+    assert rgb[2, 2].tolist() == [154, 255, 255]  # HU 215: R 154.27
+    assert rgb[2, 3].tolist() == [130, 113, 64]  # HU 20: R 129.99, G 112.93, B 63.75
+
+
+def test_non_square_ct_slice_is_zero_padded_to_a_centred_square() -> None:
+    """The container pads every image: dh = width − height, dh // 2 rows on top, the rest
+    below (and the same for columns)."""
+    wide = series_to_volume_input([_ct_slice(np.full((2, 7), 40.0))])
+    rgb = np.asarray(wide.images[0])
+    assert rgb.shape == (7, 7, 3)  # dh = 5: 2 rows on top, 3 below
+    assert (wide.padding.top, wide.padding.bottom, wide.padding.left, wide.padding.right) == (
+        2,
+        3,
+        0,
+        0,
+    )
+    assert rgb[:2].max() == 0 and rgb[4:].max() == 0
+    assert (rgb[2:4] == [132, 128, 128]).all()  # HU 40, by hand above
+    assert wide.geometry["padding"] == {"top": 2, "bottom": 3, "left": 0, "right": 0}
+    tall = series_to_volume_input([_ct_slice(np.full((6, 3), 40.0))])
+    assert tall.padding.as_dict() == {"top": 0, "bottom": 0, "left": 1, "right": 2}
+    assert np.asarray(tall.images[0])[:, 0].max() == 0
+    assert np.asarray(tall.images[0])[:, 4:].max() == 0
+    square = series_to_volume_input([_ct_slice(np.zeros((4, 4)))])
+    assert square.padding.is_none and square.images[0].size == (4, 4)
 
 
 def test_ct_lut_path_equals_float_path() -> None:
@@ -276,9 +320,12 @@ def test_ct_slices_sorted_by_position_not_instance_number(tmp_path: Path) -> Non
     assert volume.slice_indices == list(range(12))
     assert np.allclose(np.diff(volume.z_positions), 2.5)
     markers = [np.asarray(image)[MARKER_SLICE][..., 0] for image in volume.images]
-    expected_r = [int((marker_hu(k) + 1024) / 2048 * 255) for k in range(12)]
+    expected_r = [round((marker_hu(k) + 1024) / 2048 * 255) for k in range(12)]
     assert [int(m[0, 0]) for m in markers] == expected_r
-    assert volume.notes == []
+    # Shuffled numbers say nothing about the direction: ascending, and the record says so.
+    assert len(volume.notes) == 1 and "don't follow the slice positions" in volume.notes[0]
+    assert volume.geometry["slice_order"] == "ascending"
+    assert volume.geometry["slice_order_from"] == "default: InstanceNumbers inconsistent"
     assert volume.series_uid == pydicom.dcmread(paths[0]).SeriesInstanceUID
     # Datasets in any order give the same images as paths.
     from_datasets = series_to_volume_input([pydicom.dcmread(p) for p in reversed(paths)])
@@ -286,6 +333,54 @@ def test_ct_slices_sorted_by_position_not_instance_number(tmp_path: Path) -> Non
         np.array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(volume.images, from_datasets.images, strict=True)
     )
+
+
+def _renumber(paths: list[Path], numbers: list[int | None]) -> None:
+    for path, number in zip(paths, numbers, strict=True):
+        ds = pydicom.dcmread(path)
+        if number is None:
+            del ds.InstanceNumber
+        else:
+            ds.InstanceNumber = number
+        ds.save_as(path)
+
+
+def test_slices_go_in_the_direction_their_instance_numbers_rise(tmp_path: Path) -> None:
+    """A CT numbered head to foot (numbers fall as z rises) reaches the model in the
+    notebook's InstanceNumber order: the highest slice first."""
+    paths = make_ct_series(tmp_path, 6, spacing=2.0, shuffle=False)  # position order
+    _renumber(paths, [6, 5, 4, 3, 2, 1])
+    volume = series_to_volume_input(list(reversed(paths)))
+    first = float(pydicom.dcmread(paths[0], stop_before_pixels=True).ImagePositionPatient[2])
+    assert volume.z_positions == [first + 2.0 * k for k in (5, 4, 3, 2, 1, 0)]
+    assert volume.slice_indices == [5, 4, 3, 2, 1, 0]
+    sent_numbers = [
+        int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber)
+        for uid in volume.source_instance_uids
+        for p in paths
+        if pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID == uid
+    ]
+    assert sent_numbers == [1, 2, 3, 4, 5, 6]
+    assert volume.notes == [] and volume.geometry["slice_order"] == "descending"
+    # Sampling picks from the list in that order: with 3 of 6, the notebook's
+    # round(i / 3 · 5) for i = 1…3 gives 2, 3, 5 — InstanceNumbers 3, 4 and 6.
+    sampled = series_to_volume_input(paths, max_slices=3)
+    assert sampled.z_positions == [first + 2.0 * k for k in (3, 2, 0)]
+
+
+def test_slice_direction_without_usable_numbers_is_ascending_and_noted(tmp_path: Path) -> None:
+    paths = make_ct_series(tmp_path, 4, spacing=2.0, shuffle=False)
+    _renumber(paths, [None, None, None, None])
+    volume = series_to_volume_input(paths)
+    assert np.all(np.diff(volume.z_positions) > 0)
+    assert volume.geometry["slice_order_from"] == "default: no InstanceNumbers"
+    assert any("no InstanceNumbers" in note for note in volume.notes)
+    # One renumbered slice in a long series doesn't flip it (≥ 90 % of pairs agree).
+    many = make_ct_series(tmp_path / "many", 24, spacing=2.0, shuffle=False, marker=False)
+    _renumber(many, [*range(24, 12, -1), 40, *range(11, 0, -1)])
+    mostly = series_to_volume_input(many)
+    assert mostly.geometry["slice_order"] == "descending"
+    assert any("mostly fall" in note for note in mostly.notes)
 
 
 def test_long_ct_series_is_sampled_with_the_notebook_formula(tmp_path: Path) -> None:
@@ -308,7 +403,7 @@ def test_localizer_and_duplicate_are_dropped_and_noted(tmp_path: Path) -> None:
     assert any("duplicate" in n and dup_uid in n for n in volume.notes)
     # The ORIGINAL kept: its marker is the position marker, not the DERIVED copy's max.
     r = int(np.asarray(volume.images[3])[4, 4, 0])
-    assert r == int((marker_hu(3) + 1024) / 2048 * 255)
+    assert r == round((marker_hu(3) + 1024) / 2048 * 255)
 
 
 def test_derived_duplicate_listed_first_still_loses(tmp_path: Path) -> None:
@@ -316,7 +411,7 @@ def test_derived_duplicate_listed_first_still_loses(tmp_path: Path) -> None:
     duplicate = inject_duplicate(paths, tmp_path, index=0)
     volume = series_to_volume_input([duplicate, *paths])
     assert len(volume.images) == 5
-    assert int(np.asarray(volume.images[0])[4, 4, 0]) == int((marker_hu(0) + 1024) / 2048 * 255)
+    assert int(np.asarray(volume.images[0])[4, 4, 0]) == round((marker_hu(0) + 1024) / 2048 * 255)
 
 
 def test_localizer_without_localizer_image_type_is_dropped_by_orientation(
@@ -429,3 +524,21 @@ def test_mr_min_max_over_the_whole_volume(tmp_path: Path) -> None:
     expected = ((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
     assert np.abs(grey[..., 0].astype(int) - expected).max() <= 1
     assert grey[0].max() < 200  # the dim slice stays dim: one scale for all slices
+
+
+def test_mr_min_max_includes_slices_that_are_not_sent(tmp_path: Path) -> None:
+    """One min–max over the whole volume, as the official recipe: a bright slice the
+    sample skips still sets the scale of the slices that are sent."""
+    paths = make_mr_series(tmp_path, 6, shuffle=False)
+    ds = pydicom.dcmread(paths[0])
+    ds.PixelData = (ds.pixel_array.astype(np.uint16) * 2).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(paths[0])
+    stored = np.stack([pydicom.dcmread(p).pixel_array for p in paths]).astype(np.float64)
+    low, high = stored.min(), stored.max()
+    assert high == stored[0].max() > stored[1:].max()  # the extreme sits in slice 0 only
+    # 3 of 6 slices: the notebook's round(i / 3 · 5), i = 1…3, gives slices 2, 3 and 5.
+    volume = series_to_volume_input(paths, max_slices=3)
+    grey = np.stack([np.asarray(image)[..., 0] for image in volume.images])
+    expected = np.round((stored[[2, 3, 5]] - low) / (high - low) * 255).astype(np.uint8)
+    assert np.abs(grey.astype(int) - expected).max() <= 1  # float32 vs float64 at .5
+    assert grey.max() < 255  # a per-sample stretch would have reached 255

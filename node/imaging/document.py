@@ -15,7 +15,10 @@ which is what we render at. Two kinds of DICOM carry a report:
 Pages are kept in the order of the inputs (and page / frame order within each);
 the caller decides which instance comes first. The model resizes every image
 to 896², so pages whose longer side would exceed ``max_side`` are made smaller
-here (and it is noted): more pixels than that only cost memory.
+here (and it is noted): more pixels than that only cost memory. Every page is
+then zero-padded to a square, centred, as the official container pads every
+image (:mod:`node.imaging.square`): a portrait page keeps its proportions
+between black bars instead of being stretched sideways.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,7 @@ from node.imaging.errors import ImagingError
 
 # One implementation of the grey-scale display pipeline for the whole stage.
 from node.imaging.radiograph import _colour_to_rgb8, _greyscale_to_8bit
+from node.imaging.square import Padding, pad_to_square
 
 __all__ = [
     "DEFAULT_DPI",
@@ -112,9 +116,10 @@ class DocumentInput:
     the job record; it never contains patient data.
     """
 
-    pages: list[Image.Image]
+    pages: list[Image.Image]  # square: the page centred between zero bars
     sop_instance_uids: list[str]
     notes: list[str]
+    paddings: list[Padding] = field(default_factory=list)  # per page, where the page sits
 
 
 def document_to_pages(
@@ -186,7 +191,13 @@ def document_to_pages(
         )
         logger.warning("document: %d of %d pages kept (max_pages)", len(pages), total)
     logger.debug("document: %d page(s) from %d instance(s)", len(pages), len(datasets_or_paths))
-    return DocumentInput(pages=pages, sop_instance_uids=uids, notes=notes)
+    squares = [pad_to_square(np.asarray(page.convert("RGB"))) for page in pages]
+    return DocumentInput(
+        pages=[Image.fromarray(square) for square, _ in squares],
+        sop_instance_uids=uids,
+        notes=notes,
+        paddings=[padding for _, padding in squares],
+    )
 
 
 # --- classification ---------------------------------------------------------------
@@ -354,7 +365,7 @@ def _frame_page(
     if photometric in _COLOUR:
         rgb = _colour_to_rgb8(raw, ds)
     else:
-        grey8, _ = _greyscale_to_8bit(raw, ds, uid, notes)
+        grey8, _, _ = _greyscale_to_8bit(raw, ds, uid, notes)
         rgb = np.repeat(grey8[..., np.newaxis], 3, axis=-1)
     image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
     if max(image.size) > max_side:

@@ -1,11 +1,12 @@
 """Projection radiographs (CR, DX, DX-like SC) → the 8-bit square RGB image MedGemma saw.
 
-The official serving container turns a chest radiograph into a model input by
-applying the Modality LUT, then the first VOI window (WindowCenter/WindowWidth)
-when present, inverting MONOCHROME1, scaling to 8 bits and zero-padding to a
-square. We follow that order, with pydicom doing the LUT/window arithmetic so
-LINEAR, LINEAR_EXACT, SIGMOID and VOI LUT sequences are handled by one
-well-tested implementation.
+The official serving container (``python/serving/``) turns a radiograph into a model
+input by applying the Modality LUT, then the first WindowCenter/WindowWidth when both
+are present (it never consults a VOI LUT Sequence), inverting MONOCHROME1, rounding to
+8 bits (``np.round``, then the cast) and zero-padding to a square. We follow that
+order, with pydicom doing the LUT and window arithmetic (LINEAR, LINEAR_EXACT,
+SIGMOID). A VOI LUT Sequence is used only when the header gives no window, and min–max
+only when it gives neither; :attr:`RadiographImage.voi` says which one was used.
 
 The image is *not* resized: the model's processor resizes to 896×896 itself,
 and keeping the source resolution lets localisation boxes map back to source
@@ -25,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
 
 from node.imaging.errors import ImagingError
+from node.imaging.square import Padding, pad_to_square
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,24 @@ class RadiographImage:
     # (center, width) of the window applied; None when a VOI LUT sequence or the
     # min–max fallback produced the grey levels.
     window: tuple[float, float] | None
+    # Which VOI made the grey levels: "window" (the first WindowCenter/WindowWidth, as
+    # the official container), "voi_lut_sequence" (no window in the header), "min_max"
+    # (neither, or a window pydicom refuses), or "none" (a colour image).
+    voi: str = "window"
     # Anything that deviated from the nominal path (ignored window, colour input…),
     # for the job record.
     notes: tuple[str, ...] = ()
+
+    @property
+    def padding(self) -> Padding:
+        """The zeros around the source in the square, on all four sides."""
+        side = self.image.width
+        return Padding(
+            top=self.pad_top,
+            bottom=side - self.pad_top - self.source_rows,
+            left=self.pad_left,
+            right=side - self.pad_left - self.source_columns,
+        )
 
 
 def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
@@ -98,26 +115,24 @@ def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
     notes: list[str] = []
     window: tuple[float, float] | None = None
     if photometric in _COLOUR:
-        grey8 = None
         rgb = _colour_to_rgb8(raw, ds)
+        voi = "none"
         notes.append(f"colour image ({photometric}) used as is, no VOI applied")
     else:
-        grey8, window = _greyscale_to_8bit(raw, ds, uid, notes)
+        grey8, window, voi = _greyscale_to_8bit(raw, ds, uid, notes)
         rgb = np.repeat(grey8[..., np.newaxis], 3, axis=-1)
 
     rows, columns = int(rgb.shape[0]), int(rgb.shape[1])
-    side = max(rows, columns)
-    pad_top, pad_left = (side - rows) // 2, (side - columns) // 2
-    square = np.zeros((side, side, 3), dtype=np.uint8)
-    square[pad_top : pad_top + rows, pad_left : pad_left + columns] = rgb
-    logger.debug("radiograph %s: %dx%d → %d² (window %s)", uid, rows, columns, side, window)
+    square, padding = pad_to_square(rgb)
+    logger.debug("radiograph %s: %dx%d → %d² (VOI %s)", uid, rows, columns, square.shape[0], voi)
     return RadiographImage(
         image=Image.fromarray(square),
         source_rows=rows,
         source_columns=columns,
-        pad_top=pad_top,
-        pad_left=pad_left,
+        pad_top=padding.top,
+        pad_left=padding.left,
         window=window,
+        voi=voi,
         notes=tuple(notes),
     )
 
@@ -149,28 +164,38 @@ def _read(path: Path) -> Dataset:
 
 def _greyscale_to_8bit(
     raw: np.ndarray, ds: Dataset, uid: str, notes: list[str]
-) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Modality LUT → VOI (first window / VOI LUT / min–max) → 8 bits, MONOCHROME1 inverted."""
+) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+    """Modality LUT → VOI (first window / VOI LUT / min–max) → 8 bits, MONOCHROME1 inverted.
+
+    Returns the grey levels, the window applied (if one was) and which VOI was used.
+    """
     padding = pixel_padding_mask(raw, ds)
     values = apply_modality_lut(raw, ds)
 
     window: tuple[float, float] | None = None
     scaled: np.ndarray | None = None  # float in [0, 1]
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0:
-        scaled = _apply_voi_lut_sequence(values, ds)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
+    voi = "min_max"
+    has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
+    if "WindowCenter" in ds and "WindowWidth" in ds:
         try:
             scaled = _apply_first_window(values, ds)
             window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+            voi = "window"
+            if has_lut:
+                notes.append("VOI LUT Sequence not used: the first window is (as the container)")
         except ValueError as exc:
             # A window pydicom refuses (width < 1, unknown function) is a header
-            # fault; min–max still gives a usable image, and we say so.
-            notes.append(f"window ignored ({exc}); min–max used")
+            # fault; a VOI LUT or min–max still gives a usable image, and we say so.
+            notes.append(f"window ignored ({exc})")
             logger.warning("radiograph %s: window ignored: %s", uid, exc)
+    if scaled is None and has_lut:
+        scaled = _apply_voi_lut_sequence(values, ds)
+        voi = "voi_lut_sequence"
     if scaled is None:
         scaled = _min_max(values, padding)
 
-    grey8 = np.floor(np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    # np.round (half to even) before the cast, as the container does.
+    grey8 = np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
     inverse_plut = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
     if monochrome1 or inverse_plut:
@@ -185,7 +210,7 @@ def _greyscale_to_8bit(
     if padding is not None:
         # Padding is "no image here": black, whatever the polarity.
         grey8[padding] = 0
-    return grey8, window
+    return grey8, window, voi
 
 
 def _apply_first_window(values: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -232,7 +257,7 @@ def _colour_to_rgb8(raw: np.ndarray, ds: Dataset) -> np.ndarray:
         return raw
     # >8-bit colour is rare; scale by BitsStored instead of guessing a window.
     bits = int(ds.get("BitsStored", 16))
-    return np.floor(raw.astype(np.float64) / (2**bits - 1) * 255.0 + 0.5).astype(np.uint8)
+    return np.round(raw.astype(np.float64) / (2**bits - 1) * 255.0).astype(np.uint8)
 
 
 def _first(value: object) -> float:

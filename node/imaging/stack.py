@@ -15,7 +15,12 @@ rescale (read through the functional groups for multi-frame objects, see
    stay together;
 4. sorts on ``IPP · (row × col)``, removes duplicate positions (ORIGINAL
    preferred), and measures spacing, gaps, plane, obliquity and shear (gantry
-   tilt), with the values in the notes and in :meth:`Stack.geometry`.
+   tilt), with the values in the notes and in :meth:`Stack.geometry`;
+5. picks the direction the slices are sent in: the one in which the InstanceNumbers
+   increase. The notebook sends slices in InstanceNumber order; sorting on geometry
+   survives shuffled or missing numbers, and running it in the numbers' direction
+   gives a normally numbered series the notebook's order (a CT numbered head to foot
+   goes head first). Without usable numbers the stack goes in ascending position, noted.
 
 Nothing here touches pixel data (that is :mod:`node.imaging.pixels`); the data
 model lives in :mod:`node.imaging.stack_types`.
@@ -64,6 +69,10 @@ PLANE_TOLERANCE_DEG = 5.0
 # The stacking direction deviating from the normal by more than this is a shear
 # (gantry tilt): slices are not on top of each other.
 SHEAR_TOLERANCE_DEG = 0.5
+# Numbers that rise along the stack in at least this share of neighbouring pairs set
+# the direction (one re-sent or renumbered slice doesn't flip a series); below it the
+# numbering says nothing and the stack goes in ascending position.
+NUMBERING_AGREEMENT = 0.9
 # Header-only reads: elements larger than this stay on disk (pixel data above all).
 _DEFER_SIZE = 1024
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -100,7 +109,9 @@ def assemble_stack(
     stack = _one_acquisition(stack, log)
     stack.sort(key=lambda f: (f.position, f.label))
     stack = _drop_duplicate_positions(stack, log)
-    return _measure(stack, series_uid, modality, log)
+    measured = _measure(stack, series_uid, modality, log)
+    measured.descending, measured.order_source = _numbering_direction(stack, log)
+    return measured
 
 
 # --- reading -----------------------------------------------------------------
@@ -457,6 +468,56 @@ def _duplicate_preference(item: Frame) -> tuple[int, int, int, str]:
     instance = item.header.get("InstanceNumber")
     number = int(instance) if instance is not None and str(instance).strip() != "" else 1 << 30
     return 0 if item.original else 1, number, item.frame_index or 0, item.label
+
+
+# --- direction ---------------------------------------------------------------------
+
+
+def _numbering_direction(stack: list[Frame], log: DropLog) -> tuple[bool, str]:
+    """(descending, what decided it) for a stack sorted ascending along its normal.
+
+    The key is (InstanceNumber, frame number): the frames of one enhanced object go in
+    their stored order. Frames without an InstanceNumber are left out of the count.
+    """
+    keys = [
+        (number, f.frame_index or 0) for f in stack if (number := _instance_number(f)) is not None
+    ]
+    if len(stack) < 2:
+        return False, "InstanceNumber"
+    if len(keys) < 2:
+        log.notes.append("no InstanceNumbers: slices sent in ascending position along the normal")
+        return False, "default: no InstanceNumbers"
+    rising = sum(b > a for a, b in zip(keys, keys[1:], strict=False))
+    falling = sum(b < a for a, b in zip(keys, keys[1:], strict=False))
+    if rising + falling == 0:
+        log.notes.append(
+            "InstanceNumbers all equal: slices sent in ascending position along the normal"
+        )
+        return False, "default: InstanceNumbers all equal"
+    if max(rising, falling) < NUMBERING_AGREEMENT * (rising + falling):
+        log.notes.append(
+            f"InstanceNumbers don't follow the slice positions ({rising} pairs rise, {falling} "
+            "fall along the normal): slices sent in ascending position along the normal"
+        )
+        return False, "default: InstanceNumbers inconsistent"
+    descending = falling > rising
+    if min(rising, falling):
+        log.notes.append(
+            f"InstanceNumbers mostly {'fall' if descending else 'rise'} along the normal "
+            f"({max(rising, falling)} of {rising + falling} pairs): slices sent in "
+            "InstanceNumber order"
+        )
+    return descending, "InstanceNumber"
+
+
+def _instance_number(frame: Frame) -> int | None:
+    value = frame.header.get("InstanceNumber")
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # --- measuring ---------------------------------------------------------------------

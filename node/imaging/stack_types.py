@@ -118,6 +118,16 @@ class Stack:
     notes: list[str]
     geometry_known: bool = True
     gantry_tilt_deg: float | None = None
+    # The order the model gets the slices in: against the normal when the series'
+    # InstanceNumbers increase that way (the notebook sends slices by InstanceNumber).
+    # ``frames`` stay ascending along the normal either way; see :meth:`sent_frames`.
+    descending: bool = False
+    order_source: str = "InstanceNumber"  # or why the default (ascending) was taken
+
+    @property
+    def sent_frames(self) -> list[Frame]:
+        """``frames`` in the order they are sent to the model."""
+        return self.frames[::-1] if self.descending else self.frames
 
     @property
     def nearest_plane(self) -> Plane:
@@ -151,6 +161,8 @@ class Stack:
             "shear_deg": round(self.shear_deg, 3),
             "gantry_tilt_deg": self.gantry_tilt_deg,
             "geometry_known": self.geometry_known,
+            "slice_order": "descending" if self.descending else "ascending",  # along the normal
+            "slice_order_from": self.order_source,
             "dropped": dict(self.dropped),
         }
 

@@ -6,10 +6,11 @@ The path, and why each step is there:
    Enhanced multi-frame objects contribute one frame per slice, each with the
    geometry and rescale of its functional groups (:mod:`node.imaging.multiframe`).
 2. Drop what is not part of the stack and sort on the position along the slice
-   normal, ``IPP · (row × col)`` (:mod:`node.imaging.stack`). The notebook sorts
-   by InstanceNumber and the container by IPP[0]; both are wrong for some
-   series. Every drop, gap and irregular step is noted with its values and
-   counted in ``VolumeInput.geometry``.
+   normal, ``IPP · (row × col)`` (:mod:`node.imaging.stack`), run in the direction
+   in which the InstanceNumbers increase. The notebook sorts by InstanceNumber and
+   the container by IPP[0]; both are wrong for some series, and the direction keeps
+   a normally numbered series in the notebook's order. Every drop, gap and
+   irregular step is noted with its values and counted in ``VolumeInput.geometry``.
 3. The model saw axial slices. A sagittal, coronal, oblique or sheared (tilted
    gantry) stack is sent in its own plane with a note saying so, or, with
    ``resample_axial=True``, resampled onto an axial grid with SimpleITK
@@ -18,8 +19,12 @@ The path, and why each step is there:
 4. Sample with the notebook's exact index formula and decode only those slices
    (all of them only when resampling).
 5. CT: HU through three fixed windows into R, G, B (a 2049-entry lookup table
-   built with the notebook's own float32 arithmetic). MR: one min–max over the
-   sampled volume, grey in R = G = B.
+   built with the notebook's own float32 arithmetic, rounded with ``np.round``).
+   MR: one min–max over the whole volume (every slice, not only the sampled
+   ones), rounded, grey in R = G = B.
+6. Zero-pad a non-square slice to a square, centred, as the official container
+   does to every image (:mod:`node.imaging.square`); ``VolumeInput.padding``
+   says where the slice sits.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from node.imaging.errors import ImagingError
 from node.imaging.pixels import decode_frames
 from node.imaging.radiograph import pixel_padding_mask
 from node.imaging.resample import AxialGrid, AxialResampler, axial_grid, stack_to_sitk
+from node.imaging.square import Padding, pad_to_square, padding_for
 from node.imaging.stack import SHEAR_TOLERANCE_DEG, SUPPORTED_MODALITIES, assemble_stack
 from node.imaging.stack_types import Frame, Plane, Stack
 
@@ -86,8 +92,10 @@ class SliceSource:
 class VolumeInput:
     """The model input for one CT or MR series, plus how it was derived."""
 
-    images: list[Image.Image]  # ≤ max_slices RGB 8-bit slices, in order along +normal / +z
-    slice_indices: list[int]  # indices into the sorted, de-duplicated (or resampled) stack
+    images: list[Image.Image]  # ≤ max_slices RGB 8-bit square slices, in the order sent
+    # Indices into the stack sorted ascending along the normal (or the resampled grid),
+    # in the order sent: descending when the InstanceNumbers run that way.
+    slice_indices: list[int]
     z_positions: list[float]  # along the normal (as acquired) or patient z (resampled), mm
     series_uid: str
     modality: str  # "CT" or "MR"
@@ -102,6 +110,8 @@ class VolumeInput:
     # The SOP Instance UIDs the sent images were made from, each once, in stack order:
     # the sampled slices' instances, or every stack instance when resampled.
     source_instance_uids: list[str] = field(default_factory=list)
+    # Zeros around each slice to make it square (the same for every slice).
+    padding: Padding = field(default_factory=Padding)
 
 
 def sample_indices(n: int, max_slices: int = MAX_SLICES) -> list[int]:
@@ -188,8 +198,11 @@ def series_to_volume_input(
     # A resampled slice is made from every frame; an acquired one is one frame.
     used_frames = stack.frames
     if grid is None:
-        indices = sample_indices(len(stack.frames), max_slices)
-        used_frames = [stack.frames[i] for i in indices]
+        n = len(stack.frames)
+        picked = sample_indices(n, max_slices)
+        sent = stack.sent_frames
+        used_frames = [sent[i] for i in picked]
+        indices = [n - 1 - i for i in picked] if stack.descending else picked
         images = _acquired_images(stack, used_frames, notes)
         z_positions = [f.position for f in used_frames]
         if non_axial:
@@ -202,11 +215,17 @@ def series_to_volume_input(
         )
 
     plane = Plane.AXIAL if grid is not None else stack.plane
+    padding = padding_for(images[0].height, images[0].width) if images else Padding()
+    if images and not padding.is_none:
+        images = [Image.fromarray(pad_to_square(np.asarray(image))[0]) for image in images]
+    if grid is not None:
+        geometry.update(slice_order="ascending", slice_order_from="resampled: ascending z")
     geometry.update(
         plane=plane.value,
         acquisition_plane=stack.plane.value,
         resampled=grid is not None,
         n_slices_sent=len(images),
+        padding=padding.as_dict(),
     )
     for note in notes:
         logger.info("series %s: %s", stack.series_uid, note)
@@ -226,6 +245,7 @@ def series_to_volume_input(
         source_instance_uids=list(
             dict.fromkeys(uid for f in used_frames if (uid := _sop_instance_uid(f)) is not None)
         ),
+        padding=padding,
     )
 
 
@@ -273,24 +293,31 @@ def series_to_sitk(
 
 
 def _acquired_images(stack: Stack, sampled: list[Frame], notes: list[str]) -> list[Image.Image]:
-    decoded = decode_frames(sampled, stack.series_uid)
     if stack.modality == "CT":
         images = []
-        for frame, raw in zip(sampled, decoded, strict=True):
+        for frame, raw in zip(sampled, decode_frames(sampled, stack.series_uid), strict=True):
             hu, padding = _values(frame, raw)
             if padding is not None:
                 hu[padding] = AIR_HU
             images.append(Image.fromarray(_ct_rgb(hu)))
         return images
     rows, columns = stack.frames[0].key[2], stack.frames[0].key[3]
-    # One float32 block filled slice by slice: no list of per-slice arrays alive.
+    # One float32 block of the sampled slices, filled slice by slice: no list of
+    # per-slice arrays alive. The min–max is the whole volume's, so every frame is
+    # decoded once for its range (the official recipe normalises the volume, not the
+    # sample); only the sampled ones are kept.
     volume = np.empty((len(sampled), rows, columns), dtype=np.float32)
-    for k, (frame, raw) in enumerate(zip(sampled, decoded, strict=True)):
+    slots = {id(frame): k for k, frame in enumerate(sampled)}
+    value_range = _Range()
+    for frame, raw in zip(stack.frames, decode_frames(stack.frames, stack.series_uid), strict=True):
         values, padding = _values(frame, raw)
-        volume[k] = values
-        if padding is not None:
-            volume[k][padding] = np.nan
-    return _grey_images(volume, notes)
+        value_range.add(values, padding)
+        k = slots.get(id(frame))
+        if k is not None:
+            volume[k] = values
+            if padding is not None:
+                volume[k][padding] = np.nan
+    return _grey_images(volume, value_range, notes)
 
 
 # --- resampled ----------------------------------------------------------------------
@@ -312,7 +339,8 @@ def _resampled_images(
     stack: Stack, max_slices: int, notes: list[str]
 ) -> tuple[list[Image.Image], list[int], list[float], AxialGrid]:
     background = _background(stack)
-    image = stack_to_sitk(stack, _stack_volume(stack, fill_padding=background))
+    value_range = _Range()
+    image = stack_to_sitk(stack, _stack_volume(stack, fill_padding=background, seen=value_range))
     grid = axial_grid(image)
     indices = sample_indices(grid.size[2], max_slices)
     resampler = AxialResampler(image, grid, default_value=background)
@@ -322,15 +350,18 @@ def _resampled_images(
         block = np.empty((len(indices), grid.size[1], grid.size[0]), dtype=np.float32)
         for n, k in enumerate(indices):
             block[n] = resampler.slice(k)
-        images = _grey_images(block, notes)
+        images = _grey_images(block, value_range, notes)
     return images, indices, [grid.z(k) for k in indices], grid
 
 
-def _stack_volume(stack: Stack, *, fill_padding: float | None) -> np.ndarray:
+def _stack_volume(
+    stack: Stack, *, fill_padding: float | None, seen: _Range | None = None
+) -> np.ndarray:
     """Every frame's modality values in one ``(slices, rows, columns)`` block.
 
     int16 while the rescale is integral and values fit (a 1000-slice 512² CT is
-    500 MiB), widened to int32 or float32 only when a slice needs it.
+    500 MiB), widened to int32 or float32 only when a slice needs it. ``seen``, when
+    given, takes the range of the values that are not padding.
     """
     frames = stack.frames
     rows, columns = frames[0].key[2], frames[0].key[3]
@@ -338,6 +369,8 @@ def _stack_volume(stack: Stack, *, fill_padding: float | None) -> np.ndarray:
     decoded = decode_frames(frames, stack.series_uid)
     for k, (frame, raw) in enumerate(zip(frames, decoded, strict=True)):
         values, padding = _values(frame, raw)
+        if seen is not None:
+            seen.add(values, padding)
         if padding is not None and fill_padding is not None:
             values[padding] = fill_padding
         if values.dtype.kind == "f" and volume.dtype.kind != "f":
@@ -381,16 +414,16 @@ def _values(frame: Frame, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
 
 
 def _notebook_norm(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """The notebook's per-channel arithmetic: clip, float32, −low, ÷(high−low), ×255, to uint8.
+    """The notebook's per-channel arithmetic: clip, float32, −low, ÷(high−low), ×255,
+    ``np.round`` (half to even), to uint8.
 
-    The float → uint8 conversion truncates, as ``astype(np.uint8)`` does, so HU 0
-    gives R = 127 and G = 98.
+    Rounding, not truncation: HU 0 gives R = 128 (127.5 rounds to even) and G = 98.
     """
     out = np.clip(values, low, high).astype(np.float32)
     out -= np.float32(low)
     out /= np.float32(high - low)
     out *= np.float32(255.0)
-    return out.astype(np.uint8)
+    return np.round(out).astype(np.uint8)
 
 
 def _build_ct_lut() -> np.ndarray:
@@ -416,21 +449,39 @@ def _ct_rgb(hu: np.ndarray) -> np.ndarray:
     return np.stack([_notebook_norm(hu, lo, hi) for lo, hi in CT_WINDOWS], axis=-1)
 
 
-def _grey_images(volume: np.ndarray, notes: list[str]) -> list[Image.Image]:
-    """One min–max over the whole float32 block (NaN = padding, excluded), R = G = B."""
-    if np.isnan(volume).all():
+class _Range:
+    """The lowest and highest value seen over many slices, padding left out."""
+
+    def __init__(self) -> None:
+        self.low = np.inf
+        self.high = -np.inf
+
+    def add(self, values: np.ndarray, padding: np.ndarray | None) -> None:
+        data = values if padding is None else values[~padding]
+        if data.size:
+            self.low = min(self.low, float(data.min()))
+            self.high = max(self.high, float(data.max()))
+
+
+def _grey_images(volume: np.ndarray, value_range: _Range, notes: list[str]) -> list[Image.Image]:
+    """The whole volume's min–max applied to the float32 block, rounded, R = G = B.
+
+    NaN (padding) becomes 0; values outside the range (a resampled volume's
+    background) are clipped to it.
+    """
+    low, high = value_range.low, value_range.high
+    if not np.isfinite(low):
         low = high = 0.0
-    else:
-        low, high = float(np.nanmin(volume)), float(np.nanmax(volume))
     if high <= low:
         notes.append(f"constant volume (value {low:g}): all slices black")
         grey = np.zeros(volume.shape, dtype=np.uint8)
     else:
+        np.clip(volume, low, high, out=volume)
         volume -= np.float32(low)
         volume /= np.float32(high - low)
         volume *= np.float32(255.0)
         np.nan_to_num(volume, copy=False, nan=0.0)
-        grey = volume.astype(np.uint8)
+        grey = np.round(volume, out=volume).astype(np.uint8)
     return [Image.fromarray(np.repeat(g[..., np.newaxis], 3, axis=-1)) for g in grey]
 
 

@@ -3,11 +3,17 @@
 The slide is 20X at its base, five levels, JPEG tiles of 512 px, the 20X and
 10X levels split into concatenations. Which patches lie on tissue is checked
 against the fixture's own drawing (``tissue_mask``), not against the detector.
+
+The patch recipe itself (full 896 px patches only, the notebook's
+``random.sample(patches, k=min(125, n))`` in sampled order, the seed derived from
+the SeriesInstanceUID) is checked on ``make_grid_slide`` slides, whose candidate
+patches the tests lay out and list by hand.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import random
 from collections import defaultdict
@@ -25,8 +31,11 @@ from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from fixtures.wsi import (
     BACKGROUND_RGB,
+    GRID_EDGE_PADDING_RGB,
     KNOWN_DCIODVFY_ERRORS,
+    STROMA_RGB,
     draw_slide,
+    make_grid_slide,
     make_wsi_series,
     tissue_mask,
 )
@@ -70,6 +79,20 @@ def _drawn_fraction(mask: np.ndarray, top: int, left: int) -> float:
     return float(mask[top : top + PATCH_SIZE, left : left + PATCH_SIZE].sum()) / PATCH_SIZE**2
 
 
+def _full_grid(rows: int, columns: int) -> list[tuple[int, int]]:
+    """Top-left corners of the full 896 px patches inside a level, row-major (by hand)."""
+    return [
+        (top, left)
+        for top in range(0, rows - 896 + 1, 896)
+        for left in range(0, columns - 896 + 1, 896)
+    ]
+
+
+def _uid_seed(series_uid: str) -> int:
+    """The default seed as documented: the first 8 bytes of SHA-256 of the UID, big-endian."""
+    return int.from_bytes(hashlib.sha256(series_uid.encode("ascii")).digest()[:8], "big")
+
+
 def test_fixture_is_a_valid_wsi_pyramid(wsi_files: list[Path], headers: list[Dataset]) -> None:
     # Strict reading (conftest) of every instance, pixel data included.
     for path in wsi_files:
@@ -103,15 +126,24 @@ def test_level_nearest_10x(result: WsiInput, headers: list[Dataset]) -> None:
     assert result.notes == []
 
 
-def test_patches_are_896_rgb_in_spatial_order(result: WsiInput, headers: list[Dataset]) -> None:
+def test_patches_are_full_896_rgb_in_sampled_order(
+    result: WsiInput, headers: list[Dataset]
+) -> None:
     rows, columns, _ = _levels(headers)[result.level_index]
+    # 3700 × 2750 at 10X: the last 116 columns and 62 rows are no patch's.
+    assert (rows % 896, columns % 896) == (62, 116)
     assert len(result.patches) == len(result.positions) > 1
     for patch, (top, left) in zip(result.patches, result.positions, strict=True):
         assert patch.mode == "RGB" and patch.size == (PATCH_SIZE, PATCH_SIZE)
-        assert top % PATCH_SIZE == 0 and left % PATCH_SIZE == 0
-        assert 0 <= top < rows and 0 <= left < columns
-    assert result.positions == sorted(result.positions)
+        assert top % 896 == 0 and left % 896 == 0
+        assert 0 <= top and top + 896 <= rows and 0 <= left and left + 896 <= columns
     assert len(set(result.positions)) == len(result.positions)
+    # Fewer than 125 on tissue: all are sent, permuted by the notebook's sample.
+    # Sorted (top, left) pairs are the row-major candidate list it sampled from.
+    seed = _uid_seed(str(headers[0].SeriesInstanceUID))
+    assert result.seed == seed
+    row_major = sorted(result.positions)
+    assert result.positions == random.Random(seed).sample(row_major, k=len(row_major))
 
 
 def test_only_tissue_patches(result: WsiInput, headers: list[Dataset]) -> None:
@@ -124,10 +156,11 @@ def test_only_tissue_patches(result: WsiInput, headers: list[Dataset]) -> None:
 
 
 def _assert_tissue_patches(result: WsiInput, rows: int, columns: int) -> None:
-    """Clearly-tissue grid patches are chosen, clearly-glass ones are not."""
+    """Clearly-tissue full patches are chosen, clearly-glass ones are not, nothing else is."""
     mask = tissue_mask(columns, rows)
-    grid = [(t, c) for t in range(0, rows, PATCH_SIZE) for c in range(0, columns, PATCH_SIZE)]
+    grid = _full_grid(rows, columns)
     chosen = set(result.positions)
+    assert chosen <= set(grid)
     for top, left in grid:
         drawn = _drawn_fraction(mask, top, left)
         if drawn >= MIN_TISSUE_FRACTION + FRACTION_SLACK:
@@ -169,13 +202,18 @@ def _grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L").reduce(2), dtype=np.float64).ravel()
 
 
-def test_sampling_is_deterministic_and_keeps_order(result: WsiInput, wsi_files: list[Path]) -> None:
+def test_sampling_is_seeded_and_keeps_the_sampled_order(
+    result: WsiInput, wsi_files: list[Path]
+) -> None:
+    row_major = sorted(result.positions)  # every tissue candidate (fewer than 125)
     first = wsi_to_patches(wsi_files, max_patches=3, seed=7)
     again = wsi_to_patches(wsi_files, max_patches=3, seed=7)
-    assert len(first.patches) == 3
-    assert first.positions == again.positions == sorted(first.positions)
-    assert set(first.positions) <= set(result.positions)
-    assert any("random sample of 3" in note for note in first.notes)
+    assert first.seed == 7
+    assert first.positions == again.positions == random.Random(7).sample(row_major, k=3)
+    assert (
+        f"{len(row_major)} tissue patches, random sample of 3 sent in sampled order (seed 7)"
+        in first.notes
+    )
     for a, b in zip(first.patches, again.patches, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     others = {tuple(wsi_to_patches(wsi_files, max_patches=3, seed=s).positions) for s in (8, 9)}
@@ -272,3 +310,134 @@ def _white_jpeg(rows: int, columns: int) -> bytes:
     buffer = BytesIO()
     Image.new("RGB", (columns, rows), BACKGROUND_RGB).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
+
+
+# --- The recipe on slides laid out cell by cell (fixtures.wsi.make_grid_slide) ---
+#
+# Level 0 is 10X in 896 px tiles, one per patch cell, each uniform stroma or glass.
+# Neither side is a multiple of 896: 3 × 896 + 512 rows and 4 × 896 + 608 columns,
+# and the ragged strips (more than the 25 % tissue rule of a patch) are tissue, so a
+# padded edge patch would qualify if the reader still made one.
+SMALL_ROWS, SMALL_COLUMNS = 3 * 896 + 512, 4 * 896 + 608
+# Cells (i, j) of the full 3 × 4 patch grid that are glass; row 3 and column 4 are
+# the ragged strips, all tissue.
+SMALL_GLASS = {(0, 1), (1, 3), (2, 0), (2, 2)}
+SMALL_LAYOUT = [[(i, j) not in SMALL_GLASS for j in range(5)] for i in range(4)]
+# Listed by hand, row-major: the full cells of rows 0–2, columns 0–3, less the glass.
+SMALL_CANDIDATES = [
+    (0, 0), (0, 1792), (0, 2688),
+    (896, 0), (896, 896), (896, 1792),
+    (1792, 896), (1792, 2688),
+]  # fmt: skip
+SERIES_A = "2.25.314159265358979323846264338327950288"
+SERIES_B = "2.25.271828182845904523536028747135266249"
+
+
+def _stroma(patch: Image.Image) -> bool:
+    """Uniform stroma (through JPEG): no glass, no padding, anywhere in the patch."""
+    pixels = np.asarray(patch, dtype=np.int16).reshape(-1, 3)
+    return bool((np.abs(pixels - np.array(STROMA_RGB)) <= 4).all())
+
+
+def test_grid_slide_layout_is_as_listed() -> None:
+    # The hand-written candidate list against the layout it was written from.
+    assert [
+        (896 * i, 896 * j) for i in range(3) for j in range(4) if SMALL_LAYOUT[i][j]
+    ] == SMALL_CANDIDATES
+    assert all(SMALL_LAYOUT[3]) and all(row[4] for row in SMALL_LAYOUT)
+
+
+def test_only_full_patches_inside_a_ragged_level() -> None:
+    slide = wsi_to_patches(make_grid_slide(SMALL_LAYOUT, SMALL_ROWS, SMALL_COLUMNS))
+    assert slide.level_index == 0 and slide.magnification == pytest.approx(10.0)
+    assert sorted(slide.positions) == SMALL_CANDIDATES
+    padding = np.array(GRID_EDGE_PADDING_RGB)
+    for patch, (top, left) in zip(slide.patches, slide.positions, strict=True):
+        assert top % 896 == 0 and left % 896 == 0
+        assert top + 896 <= SMALL_ROWS and left + 896 <= SMALL_COLUMNS, (top, left)
+        assert patch.size == (896, 896)
+        pixels = np.asarray(patch, dtype=np.int16)
+        assert not (np.abs(pixels - padding) <= 8).all(axis=2).any(), (top, left)
+        assert _stroma(patch), (top, left)
+
+
+def test_sent_order_is_the_notebooks_random_sample() -> None:
+    datasets = make_grid_slide(SMALL_LAYOUT, SMALL_ROWS, SMALL_COLUMNS, series_uid=SERIES_A)
+    n = len(SMALL_CANDIDATES)
+    for seed in (0, 11, 2**63 + 5):
+        slide = wsi_to_patches(datasets, seed=seed)
+        # n ≤ 125: random.sample returns a permutation, sent as it comes.
+        assert slide.positions == random.Random(seed).sample(SMALL_CANDIDATES, k=min(125, n))
+        assert slide.positions != SMALL_CANDIDATES  # not spatial (fixed seeds: no flake)
+        assert slide.seed == seed
+        assert slide.notes == []
+        assert all(_stroma(p) for p in slide.patches)
+    cut = wsi_to_patches(datasets, seed=11, max_patches=3)
+    assert cut.positions == random.Random(11).sample(SMALL_CANDIDATES, k=3)
+    assert cut.notes == [f"{n} tissue patches, random sample of 3 sent in sampled order (seed 11)"]
+
+
+def test_more_than_125_tissue_patches_are_sampled_to_125() -> None:
+    # A 12 × 12 full grid (plus ragged strips of 512 and 608 px, on tissue) with
+    # every ninth cell (i + 2j ≡ 0 mod 9) glass: 128 candidates.
+    layout = [[(i + 2 * j) % 9 != 0 or i == 12 or j == 12 for j in range(13)] for i in range(13)]
+    rows, columns = 12 * 896 + 512, 12 * 896 + 608
+    candidates = [(896 * i, 896 * j) for i in range(12) for j in range(12) if (i + 2 * j) % 9 != 0]
+    assert len(candidates) == 128
+    slide = wsi_to_patches(make_grid_slide(layout, rows, columns, series_uid=SERIES_B))
+    seed = _uid_seed(SERIES_B)
+    assert slide.seed == seed
+    assert slide.positions == random.Random(seed).sample(candidates, k=125)
+    assert len(slide.patches) == 125
+    assert slide.notes == [
+        f"128 tissue patches, random sample of 125 sent in sampled order (seed {seed})"
+    ]
+    # Spot checks: pixels of the first, a middle and the last patch sent.
+    assert all(_stroma(slide.patches[k]) for k in (0, 62, 124))
+
+
+def test_same_series_same_patches_same_order_seeded_by_its_uid() -> None:
+    first = wsi_to_patches(
+        make_grid_slide(SMALL_LAYOUT, SMALL_ROWS, SMALL_COLUMNS, series_uid=SERIES_A)
+    )
+    # The same series again, as new instances (new SOP Instance UIDs), in another order.
+    again = wsi_to_patches(
+        make_grid_slide(SMALL_LAYOUT, SMALL_ROWS, SMALL_COLUMNS, series_uid=SERIES_A)[::-1]
+    )
+    seed = _uid_seed(SERIES_A)
+    assert first.seed == again.seed == seed
+    expected = random.Random(seed).sample(SMALL_CANDIDATES, k=len(SMALL_CANDIDATES))
+    assert first.positions == again.positions == expected
+    for a, b in zip(first.patches, again.patches, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # Another series with the same layout: same patches, another seed and order.
+    other = wsi_to_patches(
+        make_grid_slide(SMALL_LAYOUT, SMALL_ROWS, SMALL_COLUMNS, series_uid=SERIES_B)
+    )
+    assert other.seed == _uid_seed(SERIES_B) != seed
+    assert sorted(other.positions) == SMALL_CANDIDATES
+    assert other.positions == random.Random(other.seed).sample(SMALL_CANDIDATES, k=8)
+    assert other.positions != first.positions
+
+
+def test_level_smaller_than_a_patch_raises_naming_the_series() -> None:
+    # 2000 × 800: two patches wide but not one high, all tissue. Nothing is padded.
+    datasets = make_grid_slide([[True, True, True]], 800, 2000, series_uid=SERIES_A)
+    with pytest.raises(ImagingError) as raised:
+        wsi_to_patches(datasets)
+    message = str(raised.value)
+    assert SERIES_A in message
+    assert "level 0" in message and "2000×800" in message and "0 candidates" in message
+
+
+def test_tissue_only_in_the_ragged_strip_raises() -> None:
+    # Tissue only past the last full patch: the old padded edge patches would have
+    # held 57 % / 68 % tissue; full patches hold none.
+    layout = [[i == 3 or j == 4 for j in range(5)] for i in range(4)]
+    datasets = make_grid_slide(layout, SMALL_ROWS, SMALL_COLUMNS, series_uid=SERIES_B)
+    with pytest.raises(ImagingError) as raised:
+        wsi_to_patches(datasets)
+    message = str(raised.value)
+    assert f"series {SERIES_B}" in message
+    assert "12 full 896×896 patch candidates" in message and "tissue" in message
+    assert f"level 0 ({SMALL_COLUMNS}×{SMALL_ROWS} px)" in message

@@ -1,8 +1,10 @@
 """VL Whole Slide Microscopy series → the ≤ 125 tissue patches MedGemma 1.5 was trained on.
 
 MedGemma's pathology input is a *set* of non-overlapping 896×896 RGB patches cut
-at the pyramid level nearest 10X, from tissue only, at most 125 of them (a
-random sample when there are more, kept in spatial order). The path:
+at the pyramid level nearest 10X, from tissue only, at most 125 of them. This
+module cuts them as the official MedGemma 1.5 pathology notebook does with ez-wsi
+(``DicomPatchGenerator(patch_size=896, stride_size=896)``, then
+``random.sample(patches, k=min(125, n))``, sent in the sampled order). The path:
 
 1. Read headers only (paths): a 40X level is gigabytes of pixels.
 2. Group instances into pyramid levels by total pixel matrix size; the parts of
@@ -19,12 +21,23 @@ random sample when there are more, kept in spatial order). The path:
    still spans ``MASK_PIXELS_PER_PATCH`` pixels): stained tissue is coloured,
    glass is grey-white, so an Otsu threshold on saturation (max − min of RGB),
    bounded below and above, separates them.
-6. Lay a grid of 896×896 patches over the chosen level from its top-left
-   corner; keep those with ≥ ``MIN_TISSUE_FRACTION`` tissue. Patches crossing
-   the right/bottom edge are padded with white (empty glass), so a small
-   biopsy still yields patches.
-7. Sample ≤ ``max_patches`` with a seeded RNG, keep row-major order, and decode
-   only the tiles those patches touch, each tile once.
+6. Lay a grid of full 896×896 patches over the chosen level from its top-left
+   corner, as ez-wsi does: ``floor(columns / 896) × floor(rows / 896)`` candidates,
+   row-major; the strip past the last full patch on the right and bottom is never
+   sent (nothing is padded). Keep the candidates with ≥ ``MIN_TISSUE_FRACTION``
+   tissue. A level smaller than 896 px in either dimension, or one where no
+   full patch is on tissue, is an error.
+7. ``random.Random(seed).sample(on_tissue, k=min(max_patches, n))`` over the n
+   kept candidates in row-major order, always (for n ≤ 125 that is a
+   permutation), and send the patches in that sampled order, as the notebook
+   does. The seed defaults to one derived from the SeriesInstanceUID
+   (:func:`series_seed`), so a rerun sends the same patches in the same order.
+   Only the tiles those patches touch are decoded, each once.
+
+The one deliberate difference from the notebook is step 5: ez-wsi's tissue mask
+(mean grey level at 1.25X between 1/255 and 0.8 of white, per stride) is not
+available here, so tissue is the Otsu-on-saturation mask above. Everything else
+(grid, full patches only, sample size, sampled order) is the notebook's.
 
 The patches are not resampled to exactly 10X: MedGemma's pipeline takes the
 nearest level as it is, and resampling would change texture scale.
@@ -32,6 +45,7 @@ nearest level as it is, and resampling would change texture scale.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -75,7 +89,8 @@ SATURATION_FLOOR = 15
 SATURATION_CEILING = 60
 # Near-black pixels are slide edges, pen marks or scanner borders, not tissue.
 DARK_LIMIT = 30
-# Empty glass in brightfield is white; padding beyond the matrix uses it.
+# Empty glass in brightfield is white: a tile missing from a sparse level (never
+# scanned) reads as it. Patches never reach past the matrix, so nothing else does.
 GLASS_RGB = (255, 255, 255)
 # Pixel spacing rows vs columns may differ by rounding (Orthanc: 0.0039971 vs
 # 0.004 on an odd-sized level); beyond this it is worth a note.
@@ -89,12 +104,13 @@ _TILED_MATRIX_KEYWORDS = ("TotalPixelMatrixRows", "TotalPixelMatrixColumns", "Ro
 class WsiInput:
     """The model input for one whole-slide series, plus how it was derived."""
 
-    patches: list[Image.Image]  # RGB 896×896, spatial (row-major) order
-    positions: list[tuple[int, int]]  # (row, col) pixel offsets of each patch at the level
+    patches: list[Image.Image]  # RGB 896×896, in the sampled order: the order sent
+    positions: list[tuple[int, int]]  # (row, col) pixel offset of each patch, same order
     level_index: int  # 0 = the finest level of the pyramid
     level_pixel_spacing_mm: float
     magnification: float  # 10 × 0.001 mm / level_pixel_spacing_mm
     series_uid: str
+    seed: int  # of the random.Random that sampled (and ordered) the patches
     notes: list[str]  # what was dropped, sampled or irregular, and why
 
 
@@ -127,7 +143,7 @@ def wsi_to_patches(
     datasets_or_paths: Sequence[Dataset | Path],
     *,
     max_patches: int = MAX_PATCHES,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> WsiInput:
     """Cut MedGemma's tissue patches from one VL Whole Slide Microscopy series.
 
@@ -140,15 +156,18 @@ def wsi_to_patches(
     max_patches
         The patch budget (125 for MedGemma 1.5).
     seed
-        Seed of the sample taken when more tissue patches than ``max_patches``
-        exist; the same seed gives the same patches.
+        Seed of the ``random.Random`` that samples the tissue patches and so
+        decides the order they are sent in; ``None`` (the default) derives it
+        from the SeriesInstanceUID (:func:`series_seed`). The same seed gives the
+        same patches in the same order.
 
     Raises
     ------
     ImagingError
         No WSI instance, instances of several series, a level without pixel
-        spacing or tile positions, undecodable tiles, or no tissue. The message
-        names the SeriesInstanceUID.
+        spacing or tile positions, undecodable tiles, a chosen level smaller than
+        one patch, or no full patch on tissue. The message names the
+        SeriesInstanceUID.
     """
     if max_patches < 1:
         raise ValueError(f"max_patches must be ≥ 1, got {max_patches}")
@@ -180,6 +199,13 @@ def wsi_to_patches(
             f"no 10X level: used level {chosen_index} at {level.magnification:.2f}X "
             f"({level.spacing_mm * 1000:.3f} µm/px), not resampled"
         )
+    level_name = f"level {chosen_index} ({level.columns}×{level.rows} px)"
+    candidates = _grid(level.rows, level.columns)
+    if not candidates:
+        raise ImagingError(
+            f"series {series_uid}: {level_name} is smaller than one {PATCH_SIZE}×{PATCH_SIZE} "
+            f"patch (0 candidates); patches are never padded"
+        )
 
     mask_level = _mask_level(levels, level)
     # Without a low-resolution level the mask level is big (the chosen level
@@ -198,45 +224,60 @@ def wsi_to_patches(
     except ImagingError as error:
         raise ImagingError(f"series {series_uid}: {error}") from error
     tissue = tissue_mask(thumbnail)
-    candidates = _grid(level.rows, level.columns)
     fractions = _tissue_fractions(tissue, candidates, level)
-    kept = [
+    on_tissue = [
         pos for pos, frac in zip(candidates, fractions, strict=True) if frac >= MIN_TISSUE_FRACTION
     ]
-    if not kept:
+    if not on_tissue:
         raise ImagingError(
-            f"series {series_uid}: no {PATCH_SIZE}×{PATCH_SIZE} patch at level {chosen_index} "
-            f"has ≥ {MIN_TISSUE_FRACTION:.0%} tissue ({len(candidates)} candidates)"
+            f"series {series_uid}: none of the {len(candidates)} full {PATCH_SIZE}×{PATCH_SIZE} "
+            f"patch candidates at {level_name} has ≥ {MIN_TISSUE_FRACTION:.0%} tissue"
         )
-    if len(kept) > max_patches:
-        picked = sorted(random.Random(seed).sample(range(len(kept)), max_patches))
+
+    # The notebook's random.sample(patches, k=min(125, n)), in its order.
+    if seed is None:
+        seed = series_seed(series_uid)
+    sent = random.Random(seed).sample(on_tissue, k=min(max_patches, len(on_tissue)))
+    if len(sent) < len(on_tissue):
         notes.append(
-            f"{len(kept)} tissue patches, random sample of {max_patches} kept (seed {seed})"
+            f"{len(on_tissue)} tissue patches, random sample of {len(sent)} sent in sampled "
+            f"order (seed {seed})"
         )
-        kept = [kept[i] for i in picked]
 
     try:
-        arrays = _read_regions(level, [(r, c, PATCH_SIZE, PATCH_SIZE) for r, c in kept])
+        arrays = _read_regions(level, [(r, c, PATCH_SIZE, PATCH_SIZE) for r, c in sent])
     except ImagingError as error:
         raise ImagingError(f"series {series_uid}: {error}") from error
     logger.info(
-        "WSI series %s: level %d (%.2fX), %d/%d grid patches on tissue, %d kept",
+        "WSI series %s: level %d (%.2fX), %d/%d full patches on tissue, %d sent (seed %d)",
         series_uid,
         chosen_index,
         level.magnification,
-        sum(f >= MIN_TISSUE_FRACTION for f in fractions),
+        len(on_tissue),
         len(candidates),
-        len(kept),
+        len(sent),
+        seed,
     )
     return WsiInput(
         patches=[Image.fromarray(a, "RGB") for a in arrays],
-        positions=kept,
+        positions=sent,
         level_index=chosen_index,
         level_pixel_spacing_mm=level.spacing_mm,
         magnification=level.magnification,
         series_uid=series_uid,
+        seed=seed,
         notes=notes,
     )
+
+
+def series_seed(series_uid: str) -> int:
+    """The default sampling seed of a series: the first 8 bytes of SHA-256 of its UID.
+
+    ``int.from_bytes(sha256(series_uid as UTF-8).digest()[:8], "big")``: stable
+    across processes and Python versions (unlike ``hash``), so a rerun on the same
+    series sends the same patches in the same order.
+    """
+    return int.from_bytes(hashlib.sha256(series_uid.encode()).digest()[:8], "big")
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
@@ -454,16 +495,22 @@ def _mask_level(levels: Sequence[_Level], chosen: _Level) -> _Level:
 
 
 def _grid(rows: int, columns: int) -> list[tuple[int, int]]:
-    """Top-left corners of non-overlapping patches covering the matrix, row-major."""
+    """Top-left corners of the non-overlapping *full* patches inside the matrix, row-major.
+
+    ez-wsi's grid (stride = patch size): ``floor(rows / 896) × floor(columns / 896)``
+    patches from the top-left corner; none if the matrix is smaller than one patch.
+    """
     return [
-        (top, left) for top in range(0, rows, PATCH_SIZE) for left in range(0, columns, PATCH_SIZE)
+        (top, left)
+        for top in range(0, rows - PATCH_SIZE + 1, PATCH_SIZE)
+        for left in range(0, columns - PATCH_SIZE + 1, PATCH_SIZE)
     ]
 
 
 def _tissue_fractions(
     tissue: np.ndarray, corners: Sequence[tuple[int, int]], level: _Level
 ) -> list[float]:
-    """Fraction of each patch's full area that is tissue (padding counts as glass)."""
+    """Fraction of each patch's area that is tissue (patches lie inside the matrix)."""
     scale_rows = tissue.shape[0] / level.rows
     scale_columns = tissue.shape[1] / level.columns
     area = PATCH_SIZE * scale_rows * PATCH_SIZE * scale_columns
@@ -480,8 +527,8 @@ def _read_regions(
 ) -> list[np.ndarray]:
     """Decode (top, left, height, width) regions of ``level`` as RGB uint8 arrays.
 
-    Only tiles under some region are decoded, each once, one pass per instance;
-    area outside the matrix (or a missing tile of a sparse level) is glass-white.
+    Only tiles under some region are decoded, each once, one pass per instance; a
+    tile missing from a sparse level reads as glass-white.
     ``step`` > 1 keeps every step-th row and column (a cheap thumbnail).
     """
     outputs = [

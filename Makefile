@@ -46,6 +46,7 @@ bench: install install-peers
 	$(BIN)/python -m bench.ingest_busy
 	$(BIN)/python -m bench.imaging
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.encoding
 
 # On a CUDA host: MedGemma 1.5 4B's architecture, random weights (bench/results/gpu.json).
 bench-gpu: install

@@ -152,6 +152,13 @@ class ModelSettings(_Strict):
     # The environment variable holding the key sent as "Authorization: Bearer", so the
     # key stays out of this file and the logs; unset variable or null: no key sent.
     api_key_env: str | None = Field(default="OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # How images travel to the server. jpeg: what the official MedGemma serving container
+    # sends (its IMAGE_INPUT_COMPRESSION_FORMAT, default jpeg, quality 95); lossy, under a
+    # grey level of mean error at 95. png: lossless, but 2–3× the bytes (125 whole-slide
+    # patches: over 100 MB a request) and ~10× the encoding time (bench/encoding.py).
+    image_format: Literal["jpeg", "png"] = "jpeg"
+    # JPEG only: 95 as the container; the notebooks send PIL's default 75 (smaller, lossier).
+    jpeg_quality: int = Field(default=95, ge=1, le=100)
 
     @field_validator("url")
     @classmethod

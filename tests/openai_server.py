@@ -1,8 +1,9 @@
 """An OpenAI-compatible chat completions server over the test checkpoint, on loopback.
 
-What vLLM does with a request, in little: the messages become one Gemma 3 chat turn
-(images decoded from their data URLs, in order, the system message folded in by the
-chat template) and are answered greedily by the real model. Here the model is
+What vLLM does with a request, in little: the messages become a Gemma 3 conversation
+(images decoded from their PNG or JPEG data URLs, in order, the system message folded in
+by the chat template, earlier turns and their answers before the question) and are
+answered greedily by the real model. Here the model is
 ``TransformersEngine`` on the tiny test checkpoint, so an answer through this server can
 be compared with the in-process answer.
 
@@ -31,9 +32,10 @@ from transformers import AutoProcessor
 
 from node.inference.engine import TransformersEngine
 from node.inference.prompts import chat_messages
-from node.inference.request import Prompt
+from node.inference.request import Prompt, Turn
 
-DATA_URL_PREFIX = "data:image/png;base64,"
+# The data URL's media type and the format PIL must find in it.
+DATA_URL_FORMATS = {"data:image/png;base64,": "PNG", "data:image/jpeg;base64,": "JPEG"}
 
 
 class BadRequest(ValueError):
@@ -257,7 +259,11 @@ def _error(status: int, message: str) -> dict[str, Any]:
 
 
 def rebuild_prompt(body: dict[str, Any]) -> Prompt:
-    """The Prompt a chat completions body carries; BadRequest where it isn't one turn."""
+    """The Prompt a chat completions body carries; BadRequest where it isn't a conversation.
+
+    An optional system message, then user and assistant messages alternating, a user
+    message last: the Gemma 3 chat template refuses any other order.
+    """
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages must be a non-empty list")
@@ -265,9 +271,28 @@ def rebuild_prompt(body: dict[str, Any]) -> Prompt:
     if messages[0].get("role") == "system":
         system = _text(messages[0]["content"])
         messages = messages[1:]
-    if len(messages) != 1 or messages[0].get("role") != "user":
-        raise BadRequest("expected one user message, after an optional system message")
-    content = messages[0]["content"]
+    roles = [message.get("role") for message in messages]
+    if len(roles) % 2 != 1 or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+        raise BadRequest(
+            "Conversation roles must alternate user/assistant/user/assistant/..., "
+            f"after an optional system message, and end with user; got {roles}"
+        )
+    history = tuple(
+        Turn(_content(asked["content"]), _text(answered["content"]))
+        for asked, answered in zip(messages[:-1:2], messages[1:-1:2], strict=True)
+    )
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
+    return Prompt(
+        system=system,
+        content=_content(messages[-1]["content"]),
+        max_new_tokens=max_tokens,
+        history=history,
+    )
+
+
+def _content(content: str | list[dict[str, Any]]) -> tuple[str | Image.Image, ...]:
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]
     parts: list[str | Image.Image] = []
@@ -275,13 +300,10 @@ def rebuild_prompt(body: dict[str, Any]) -> Prompt:
         if part.get("type") == "text":
             parts.append(part["text"])
         elif part.get("type") == "image_url":
-            parts.append(_image(part["image_url"]["url"]))
+            parts.append(decode_image_url(part["image_url"]["url"]))
         else:
             raise BadRequest(f"unsupported content part {part.get('type')!r}")
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise BadRequest(f"max_tokens must be a positive integer, got {max_tokens!r}")
-    return Prompt(system=system, content=tuple(parts), max_new_tokens=max_tokens)
+    return tuple(parts)
 
 
 def _text(content: str | list[dict[str, Any]]) -> str:
@@ -290,10 +312,13 @@ def _text(content: str | list[dict[str, Any]]) -> str:
     return "".join(part["text"] for part in content if part.get("type") == "text")
 
 
-def _image(url: str) -> Image.Image:
-    if not url.startswith(DATA_URL_PREFIX):
-        raise BadRequest(f"expected a PNG data URL, got {url[:40]!r}")
-    image = Image.open(io.BytesIO(base64.b64decode(url.removeprefix(DATA_URL_PREFIX))))
-    if image.format != "PNG":
-        raise BadRequest(f"the data URL holds a {image.format}, not a PNG")
+def decode_image_url(url: str) -> Image.Image:
+    """The image a PNG or JPEG data URL holds; BadRequest for anything else."""
+    prefix = next((p for p in DATA_URL_FORMATS if url.startswith(p)), None)
+    if prefix is None:
+        raise BadRequest(f"expected a PNG or JPEG data URL, got {url[:40]!r}")
+    expected = DATA_URL_FORMATS[prefix]
+    image = Image.open(io.BytesIO(base64.b64decode(url.removeprefix(prefix))))
+    if image.format != expected:
+        raise BadRequest(f"the {expected} data URL holds a {image.format}")
     return image.copy()  # a plain Image, read in full, as the node's own images are

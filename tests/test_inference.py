@@ -48,6 +48,7 @@ from node.inference.test_model import (
     MARKER_NAME,
     REPORT_ANSWER,
     TOKENS_PER_IMAGE,
+    VERDICTS_ANSWER,
     VOLUME_ANSWER,
     WSI_ANSWER,
     build_test_model,
@@ -174,73 +175,95 @@ def test_lab_report_prompt_gives_the_fixed_tests(engine: TransformersEngine, pag
     assert [result.name for result in parse_lab_results(answer)] == ["Hemoglobin"]
 
 
+# The official strings, written out here by hand from ../shared/MEDGEMMA.md (not taken
+# from node.inference.prompts), so a drift in the node's copy fails these tests.
+NOTEBOOK_LONGITUDINAL = (
+    "Provide a comparison of these two images and include details from\n"
+    "the image which students should take note of when reading longitudinal CXR\n"
+)
+NOTEBOOK_CT_INSTRUCTION = (
+    "You are an instructor teaching medical students. You are analyzing a contiguous block "
+    "of CT slices from the center of the abdomen. Please review the slices provided below "
+    "carefully."
+)
+NOTEBOOK_WSI_TEXT = (
+    "You are an instructor teaching medical students. For education purposes, provide a "
+    "brief descriptive text for the set of pathology patches extracted from a pathology "
+    "slide. Consider the tissue type and procedure (below) when deciding what to include in "
+    "the descriptive text.\n"
+)
+
+
 @pytest.mark.parametrize(
     ("prior_report", "context"),
     [(None, None), (REPORT_ANSWER, None), ("Small right effusion.", "Follow-up of pneumonia.")],
 )
-def test_longitudinal_prompt_gives_the_fixed_comparison(
+def test_longitudinal_turns_give_the_fixed_comparison_then_verdicts(
     engine: TransformersEngine, prior_report: str | None, context: str | None
 ) -> None:
     pairs = [(_noise(11), _noise(12, (700, 700), "RGB")), (_gradient(), _noise(13, (300, 420)))]
     for prior, current in pairs:
-        prompt = prompts.cxr_longitudinal_prompt(
-            prior, current, prior_report=prior_report, context=context
-        )
-        answer = engine.generate(prompt)
+        comparison = prompts.cxr_longitudinal_prompt(prior, current)
+        answer = engine.generate(comparison)
         assert answer == LONGITUDINAL_ANSWER
-    assert parse_longitudinal(answer) == Comparison(
-        summary="Compared with the prior image, the right lower lobe opacity has decreased.",
-        verdicts=[
-            FindingVerdict(finding="right lower lobe opacity", verdict="improved"),
-            FindingVerdict(finding="heart size", verdict="stable"),
-        ],
-    )
+        follow_up = prompts.longitudinal_verdict_prompt(
+            comparison, answer, prior_report=prior_report, context=context
+        )
+        assert engine.generate(follow_up) == VERDICTS_ANSWER
+    assert parse_longitudinal(answer) == Comparison(summary=LONGITUDINAL_ANSWER, verdicts=[])
+    assert parse_longitudinal(VERDICTS_ANSWER).verdicts == [
+        FindingVerdict(finding="right lower lobe opacity", verdict="improved"),
+        FindingVerdict(finding="heart size", verdict="stable"),
+    ]
 
 
-def test_longitudinal_prompt_is_prior_current_then_the_notebook_text(
+def test_longitudinal_first_turn_is_the_notebook_prompt_exactly(
     engine: TransformersEngine,
 ) -> None:
     prior, current = _noise(21, (96, 96)), _gradient(96, 80)
-    notebook = (
-        "Provide a comparison of these two images and include details from the image which "
-        "students should take note of when reading longitudinal CXR"
-    )
-    prompt = prompts.cxr_longitudinal_prompt(
-        prior, current, prior_report="FINDINGS: Right lower lobe\nopacity.", context="Fever."
-    )
-    assert prompt.system is None
-    assert prompt.max_new_tokens == prompts.LONGITUDINAL_MAX_NEW_TOKENS == 600
-    assert prompt.content[:2] == (prior, current)  # no per-image labels
-    (text,) = prompt.content[2:]
-    assert text == (
-        'After looking at the indication and patient history "Fever."... '
-        'The report of the prior image was: "FINDINGS: Right lower lobe opacity.". '
-        + notebook
-        + "\n\n"
-        + prompts.LONGITUDINAL_VERDICT_INSTRUCTION
-    )
-    assert '"FINDING: <finding> | <verdict>"' in prompts.LONGITUDINAL_VERDICT_INSTRUCTION
-    for verdict in ("Improved", "Stable", "Worsened"):
-        assert verdict in prompts.LONGITUDINAL_VERDICT_INSTRUCTION
-    bare = prompts.cxr_longitudinal_prompt(prior, current, prior_report="  \n", context=None)
-    assert bare.content[2] == notebook + "\n\n" + prompts.LONGITUDINAL_VERDICT_INSTRUCTION
-    inputs = engine.inputs([prompt])
-    ids = inputs["input_ids"][0].tolist()
+    prompt = prompts.cxr_longitudinal_prompt(prior, current)
+    assert prompt.system is None and prompt.history == ()
+    assert prompt.max_new_tokens == 600
+    assert prompt.content == (prior, current, NOTEBOOK_LONGITUDINAL)  # no per-image labels
     tokenizer = engine._processor.tokenizer
+    first_ids = engine.inputs([prompt])["input_ids"][0].tolist()
+    first = tokenizer.decode(first_ids)
+    assert first.startswith("<bos><start_of_turn>user\n\n\n<start_of_image>")
+    # The chat template trims the notebook string's final newline; the inner one stays.
+    assert first.endswith(
+        "Provide a comparison of these two images and include details from\nthe image which "
+        "students should take note of when reading longitudinal CXR"
+        "<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert first_ids.count(tokenizer.image_token_id) == 2 * TOKENS_PER_IMAGE
+
+    follow_up = prompts.longitudinal_verdict_prompt(
+        prompt, "No change.", prior_report="FINDINGS: Right lower lobe\nopacity.", context="Fever."
+    )
+    assert follow_up.images == [prior, current]
+    inputs = engine.inputs([follow_up])
+    ids = inputs["input_ids"][0].tolist()
     assert ids.count(tokenizer.image_token_id) == 2 * TOKENS_PER_IMAGE
     assert tuple(inputs["pixel_values"].shape) == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
-    decoded = tokenizer.decode(ids)
-    assert decoded.startswith("<bos><start_of_turn>user\n\n\n<start_of_image>")
-    assert decoded.endswith(text + "<end_of_turn>\n<start_of_turn>model\n")
+    # The notebook's turn comes first, untouched; the node's question is a later turn.
+    assert tokenizer.decode(ids) == first + (
+        "No change.<end_of_turn>\n<start_of_turn>user\n"
+        'After looking at the indication and patient history "Fever."... '
+        'The report of the prior image was: "FINDINGS: Right lower lobe opacity.". '
+        "For each finding in your comparison, give a verdict on its own line, in the form "
+        '"FINDING: <finding> | <verdict>", where <verdict> is one of Improved, Stable or '
+        "Worsened.<end_of_turn>\n<start_of_turn>model\n"
+    )
 
 
 def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> None:
     slices = [_noise(seed, (128, 128)) for seed in range(3)]
-    prompt = prompts.volume_prompt(slices, "CT", question="Is the liver normal?")
-    expected_instruction = prompts.VOLUME_INSTRUCTION.format(modality="CT")
+    prompt = prompts.volume_prompt(
+        slices, "CT", question="Is the liver normal?", region="the center of the abdomen"
+    )
     assert prompt.system is None
     assert prompt.content == (
-        expected_instruction,
+        NOTEBOOK_CT_INSTRUCTION,
         slices[0],
         "SLICE 1",
         slices[1],
@@ -249,7 +272,12 @@ def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> No
         "SLICE 3",
         "Is the liver normal?",
     )
-    assert prompt.max_new_tokens == prompts.VOLUME_MAX_NEW_TOKENS
+    assert prompt.max_new_tokens == 2000
+    unplaced = prompts.volume_prompt(slices[:1], "CT", region=None)
+    assert unplaced.content[0] == (
+        "You are an instructor teaching medical students. You are analyzing a contiguous block "
+        "of CT slices. Please review the slices provided below carefully."
+    )
     inputs = engine.inputs([prompt])
     ids = inputs["input_ids"][0].tolist()
     tokenizer = engine._processor.tokenizer
@@ -257,32 +285,28 @@ def test_volume_prompt_layout_and_image_tokens(engine: TransformersEngine) -> No
     assert ids.count(tokenizer.convert_tokens_to_ids("<start_of_image>")) == len(slices)
     assert tuple(inputs["pixel_values"].shape) == (len(slices), 3, IMAGE_SIZE, IMAGE_SIZE)
     text = tokenizer.decode(ids)
-    assert text.startswith("<bos><start_of_turn>user\n" + expected_instruction)
+    assert text.startswith("<bos><start_of_turn>user\n" + NOTEBOOK_CT_INSTRUCTION)
     assert text.index("SLICE 1") < text.index("SLICE 2") < text.index("SLICE 3")
     assert text.endswith("Is the liver normal?<end_of_turn>\n<start_of_turn>model\n")
 
 
-def test_wsi_prompt_puts_the_instruction_before_the_patches(engine: TransformersEngine) -> None:
+def test_wsi_prompt_is_the_notebook_text_before_the_patches(engine: TransformersEngine) -> None:
     patches = [_noise(seed, (96, 96), "RGB") for seed in range(3)]
-    prompt = prompts.wsi_prompt(patches, tissue=" Breast\n", procedure="core  needle biopsy")
-    instruction = (
-        "Provide a brief descriptive text for the set of pathology patches extracted from a "
-        "pathology slide. Consider the tissue type and procedure (below) when deciding what to "
-        "include in the descriptive text. Breast, core needle biopsy:"
-    )
+    prompt = prompts.wsi_prompt(patches, tissue=" colon\n", procedure="core  needle biopsy")
+    text = NOTEBOOK_WSI_TEXT + "colon, core needle biopsy:"
     assert prompt.system is None
-    assert prompt.content == (instruction, *patches)  # no per-patch labels
+    assert prompt.content == (text, *patches)  # no per-patch labels
     assert prompt.max_new_tokens == prompts.WSI_MAX_NEW_TOKENS
     for tissue in (None, "", "  "):
         unknown = prompts.wsi_prompt(patches[:1], tissue=tissue, procedure=None)
-        assert unknown.content[0] == prompts.WSI_INSTRUCTION + " unknown, unknown:"
+        assert unknown.content[0] == NOTEBOOK_WSI_TEXT + "unknown, unknown:"
     inputs = engine.inputs([prompt])
     ids = inputs["input_ids"][0].tolist()
     tokenizer = engine._processor.tokenizer
     assert ids.count(tokenizer.image_token_id) == len(patches) * TOKENS_PER_IMAGE
-    text = tokenizer.decode(ids)
-    assert text.startswith("<bos><start_of_turn>user\n" + instruction + "\n\n<start_of_image>")
-    assert text.endswith("<end_of_image>\n\n<end_of_turn>\n<start_of_turn>model\n")
+    decoded = tokenizer.decode(ids)
+    assert decoded.startswith("<bos><start_of_turn>user\n" + text + "\n\n<start_of_image>")
+    assert decoded.endswith("<end_of_image>\n\n<end_of_turn>\n<start_of_turn>model\n")
 
 
 def test_lab_report_prompt_is_the_official_text_after_the_pages(

@@ -7,6 +7,8 @@ answers in process: same prompt, same images in the same order, same answer.
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import re
 import threading
@@ -17,20 +19,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
+from pydicom.data import get_testdata_file
 
-from node.config import ModelSettings
+from fixtures.series import write_fast_ct_series
+from node.config import ConfigError, ModelSettings, parse_settings
+from node.imaging.radiograph import radiograph_to_image
+from node.imaging.volume import series_to_volume_input
 from node.inference import prompts
 from node.inference.answers import final_answer, report_sections
 from node.inference.engine import ModelLoadError, TransformersEngine, load_engine
 from node.inference.request import EngineError, Prompt
-from node.inference.served import OpenAIEngine
+from node.inference.served import ImageFormat, OpenAIEngine, image_data_url
 from node.inference.test_model import REPORT_ANSWER, VOLUME_ANSWER
-from tests.openai_server import OpenAIServer
+from tests.openai_server import OpenAIServer, decode_image_url
 from tests.peers import free_port
 
 MODEL = "google/medgemma-1.5-4b-it"
 FAST_RETRY = 0.05  # seconds; the engine's own first wait is 1 s
+# JPEG quality 95 against the source, in grey levels, chosen by hand with room to spare:
+# bench/encoding.py measures a mean of 0.6 and a worst pixel of 9 on this radiograph, and
+# 0.7 and 21 on a CT slice (whose 4:2:0 encoding, 1.65 and 106, must fail the CT bound).
+Q95_MEAN_ERROR = 1.0
+Q95_RADIOGRAPH_MAX_ERROR = 16
+Q95_CT_MAX_ERROR = 40
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +57,14 @@ def server(in_process: TransformersEngine, test_model: Path) -> Iterator[OpenAIS
     peer.stop()
 
 
-def _engine(server: OpenAIServer, **options: float) -> OpenAIEngine:
-    retries = int(options.pop("retries", 2))
-    concurrency = int(options.pop("concurrency", 4))
-    timeout = options.pop("timeout", 60.0)
+def _engine(
+    server: OpenAIServer,
+    *,
+    retries: int = 2,
+    concurrency: int = 4,
+    timeout: float = 60.0,
+    image_format: ImageFormat = "jpeg",
+) -> OpenAIEngine:
     return OpenAIEngine(
         server.url,
         model=MODEL,
@@ -56,6 +72,7 @@ def _engine(server: OpenAIServer, **options: float) -> OpenAIEngine:
         retries=retries,
         concurrency=concurrency,
         retry_wait=FAST_RETRY,
+        image_format=image_format,
     )
 
 
@@ -67,7 +84,7 @@ def _noise(seed: int, size: tuple[int, int] = (96, 96), mode: str = "L") -> Imag
 
 
 def _same_content(sent: Prompt, seen: Prompt) -> None:
-    """Text equal, images pixel-equal (the PNG data URL is lossless), in the same places."""
+    """Text equal, images pixel-equal (a PNG data URL is lossless), in the same places."""
     assert seen.system == sent.system
     assert seen.max_new_tokens == sent.max_new_tokens
     assert len(seen.content) == len(sent.content)
@@ -87,7 +104,7 @@ def test_chest_report_over_http_is_the_in_process_answer(
     server: OpenAIServer, in_process: TransformersEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     prompt = prompts.cxr_report_prompt(_noise(1, (640, 480)), context="Cough for 3 days.")
-    engine = _engine(server)
+    engine = _engine(server, image_format="png")
     with caplog.at_level(logging.INFO, logger="node.inference.served"):
         answer = engine.generate(prompt)
     assert answer == in_process.generate(prompt) == REPORT_ANSWER
@@ -115,7 +132,7 @@ def test_volume_slices_arrive_interleaved_with_their_labels(
     slices = [_noise(seed, (80, 64)) for seed in range(5)] + [_noise(9, (80, 64), "RGB")]
     question = prompts.volume_finding_question("pleural effusion", "CT")
     prompt = prompts.volume_prompt(slices, "CT", question=question, context="Dyspnoea.")
-    answer = _engine(server).generate(prompt)
+    answer = _engine(server, image_format="png").generate(prompt)
     assert answer == in_process.generate(prompt) == VOLUME_ANSWER
     assert final_answer(answer) == "no"
     (chat,) = server.chats
@@ -127,6 +144,41 @@ def test_volume_slices_arrive_interleaved_with_their_labels(
     assert chat.prompt is not None
     _same_content(prompt, chat.prompt)
     assert chat.prompt.content == prompt.content  # PIL compares pixels, mode and size
+
+
+def test_a_follow_up_sends_the_whole_conversation(
+    server: OpenAIServer, in_process: TransformersEngine
+) -> None:
+    """Earlier turns go first, each user message with its own images, the answer after it."""
+    first, second, third = _noise(11, (64, 48)), _noise(12, (56, 40), "RGB"), _noise(13)
+    question = "Is there a pleural effusion?"
+    prompt = (
+        prompts.cxr_report_prompt(first, context="Cough.")
+        .follow_up(REPORT_ANSWER, ["Compare with the prior:", second], 300)
+        .follow_up("Stable.", [third, question], 50)
+    )
+    answer = _engine(server, image_format="png").generate(prompt)
+    assert answer == in_process.generate(prompt)
+    (chat,) = server.chats
+    messages = chat.body["messages"]
+    roles = [message["role"] for message in messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[0]["content"] == prompts.REPORT_SYSTEM
+    assert [messages[2]["content"], messages[4]["content"]] == [REPORT_ANSWER, "Stable."]
+    assert chat.body["max_tokens"] == 50  # the question's own
+    users = [messages[1]["content"], messages[3]["content"], messages[5]["content"]]
+    assert [[part["type"] for part in parts] for parts in users] == [
+        ["image_url", "text"],
+        ["text", "image_url"],
+        ["image_url", "text"],
+    ]
+    assert users[1][0]["text"] == "Compare with the prior:" and users[2][1]["text"] == question
+    sent = [users[0][0], users[1][1], users[2][0]]
+    for part, image in zip(sent, [first, second, third], strict=True):
+        decoded = decode_image_url(part["image_url"]["url"])
+        assert decoded.mode == image.mode and decoded.size == image.size
+        assert np.array_equal(np.asarray(decoded), np.asarray(image))
+    assert chat.prompt == prompt  # rebuilt by the server: history, answers, images
 
 
 def test_thinking_trace_is_dropped(server: OpenAIServer) -> None:
@@ -141,6 +193,61 @@ def test_batch_answers_come_back_in_order(server: OpenAIServer) -> None:
     answers = _engine(server).generate_batch([report, volume, report])
     assert answers == [REPORT_ANSWER, VOLUME_ANSWER, REPORT_ANSWER]
     assert len(server.chats) == 3
+
+
+# --- image encoding ------------------------------------------------------------------------
+
+
+def _errors(source: Image.Image, decoded: Image.Image) -> tuple[float, int]:
+    """Mean and largest absolute difference, in grey levels, over pixels and channels."""
+    assert decoded.mode == source.mode and decoded.size == source.size
+    difference = np.abs(np.asarray(decoded, np.int16) - np.asarray(source, np.int16))
+    return float(difference.mean()), int(difference.max())
+
+
+def test_images_go_as_jpeg_quality_95_by_default(server: OpenAIServer, tmp_path: Path) -> None:
+    path = get_testdata_file("RG1_UNCR.dcm", download=False)
+    assert path is not None
+    source = radiograph_to_image(path).image
+    engine = load_engine(_settings(server.url, name=MODEL), tmp_path)
+    assert engine.generate(prompts.cxr_report_prompt(source)) == REPORT_ANSWER
+    (chat,) = server.chats
+    _, user = chat.body["messages"]
+    url = user["content"][0]["image_url"]["url"]
+    prefix = "data:image/jpeg;base64,"
+    assert url.startswith(prefix)
+    with Image.open(io.BytesIO(base64.b64decode(url.removeprefix(prefix)))) as jpeg:
+        assert jpeg.format == "JPEG"
+        assert JpegImagePlugin.get_sampling(jpeg) == 0  # 4:4:4: chroma at full resolution
+    assert chat.prompt is not None
+    (seen,) = chat.prompt.images
+    mean, worst = _errors(source, seen)
+    assert 0 < mean < Q95_MEAN_ERROR, mean  # lossy, but little
+    assert worst <= Q95_RADIOGRAPH_MAX_ERROR, worst
+
+
+def test_jpeg_keeps_a_ct_slice_s_windows_apart(tmp_path: Path) -> None:
+    """4:4:4, because R, G and B are three HU windows: 4:2:0 smears them at every edge."""
+    volume = series_to_volume_input(write_fast_ct_series(tmp_path, 5))
+    source = volume.images[0]
+    assert source.mode == "RGB"
+    mean, worst = _errors(source, decode_image_url(image_data_url(source)))
+    assert mean < Q95_MEAN_ERROR and worst <= Q95_CT_MAX_ERROR, (mean, worst)
+    buffer = io.BytesIO()
+    source.save(buffer, format="JPEG", quality=95)  # PIL's (and libjpeg's) default 4:2:0
+    mean_420, worst_420 = _errors(source, Image.open(buffer))
+    assert mean_420 > Q95_MEAN_ERROR and worst_420 > Q95_CT_MAX_ERROR, (mean_420, worst_420)
+    lossless = decode_image_url(image_data_url(source, "png"))
+    assert _errors(source, lossless) == (0.0, 0)
+    q75 = decode_image_url(image_data_url(source, "jpeg", 75))
+    assert _errors(source, q75)[0] > mean  # the quality is used
+
+
+def test_jpeg_refuses_images_it_cannot_hold() -> None:
+    image = _noise(14, mode="RGB").convert("RGBA")
+    with pytest.raises(ValueError, match=r"mode 'RGBA' \(set model.image_format to png\)"):
+        image_data_url(image, "jpeg")
+    assert image_data_url(image, "png").startswith("data:image/png;base64,")
 
 
 # --- retries, timeouts, the concurrency limit ------------------------------------------------
@@ -348,3 +455,25 @@ def test_served_settings_defaults_and_limits() -> None:
             ModelSettings.model_validate(bad)
     with pytest.raises(ValueError, match="api_key_env"):
         ModelSettings(api_key_env="not a variable")
+    assert (settings.image_format, settings.jpeg_quality) == ("jpeg", 95)
+
+
+@pytest.mark.parametrize(
+    ("yaml", "key"),
+    [
+        ("image_format: webp", "model.image_format"),
+        ("image_format: JPEG", "model.image_format"),
+        ("jpeg_quality: 0", "model.jpeg_quality"),
+        ("jpeg_quality: 101", "model.jpeg_quality"),
+    ],
+)
+def test_an_unknown_image_encoding_stops_the_node_naming_the_key(yaml: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"node.yaml:\n  {re.escape(key)}: "):
+        parse_settings(f"model: {{engine: openai, {yaml}}}\n", "node.yaml")
+
+
+def test_the_engine_checks_its_encoding_too() -> None:
+    with pytest.raises(ValueError, match="image_format must be 'jpeg' or 'png', got 'webp'"):
+        OpenAIEngine("http://127.0.0.1:1/v1", model=MODEL, image_format="webp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="jpeg_quality must be 1 to 100, got 0"):
+        OpenAIEngine("http://127.0.0.1:1/v1", model=MODEL, jpeg_quality=0)

@@ -109,6 +109,8 @@ def load_engine(settings: ModelSettings, data_dir: Path) -> Engine:
             retries=settings.retries,
             concurrency=settings.concurrency,
             api_key=api_key or None,
+            image_format=settings.image_format,
+            jpeg_quality=settings.jpeg_quality,
         )
         try:
             served.check_model()

@@ -25,10 +25,13 @@ REPORT_INSTRUCTION = "Describe this X-ray."
 # The evaluation prompts put the indication/history in front of the question like this.
 CONTEXT_PREFIX = 'After looking at the indication and patient history "{context}"... '
 
+# The CT notebook's instruction, its region phrase ("from the center of the abdomen" in
+# the notebook) filled from the study; with no region known the phrase is left out.
 VOLUME_INSTRUCTION = (
     "You are an instructor teaching medical students. You are analyzing a contiguous block "
-    "of {modality} slices. Please review the slices provided below carefully."
+    "of {modality} slices{region}. Please review the slices provided below carefully."
 )
+VOLUME_REGION = " from {region}"
 VOLUME_SLICE_LABEL = "SLICE {number}"
 VOLUME_FINDING_QUESTION = (
     'Is there "{finding}" in the {modality} volume? You may write out your argument before '
@@ -57,56 +60,38 @@ LOCALIZE_PROMPT = (
     '"box_2d" and "label" key. Answer:'
 )
 
-# Longitudinal chest X-ray: the notebook's prompt, verbatim as MEDGEMMA.md quotes it (no
-# final full stop). One user turn, prior image then current image then the text, with no
-# per-image labels and no system turn: MEDGEMMA.md gives the layout as one user turn, and
-# the public code that copies the notebook sends only a user message; the report prompt's
-# "You are an expert radiologist." system turn is the quick-start's, not this notebook's.
+# Longitudinal chest X-ray: the notebook's prompt exactly, a triple-quoted string with a
+# newline after "from" and one at the end (the chat template trims the last). One user
+# turn, prior image then current image then this text, no per-image labels, no system turn.
 LONGITUDINAL_INSTRUCTION = (
-    "Provide a comparison of these two images and include details from the image which "
-    "students should take note of when reading longitudinal CXR"
+    "Provide a comparison of these two images and include details from\n"
+    "the image which students should take note of when reading longitudinal CXR\n"
 )
-# The node's additions, not the notebook's. The prior image's report (the node's own
-# earlier findings) goes in front of the instruction, as the indication does in the
-# evaluation prompts; flattened to one line so it stays inside its quotes.
+# The node's additions, asked in a second turn of the same conversation so the official
+# first turn stays untouched: one verdict line a finding, so the node can code the change.
+# The three words are MS-CXR-T's answer options, whose evaluation asks for "(A) Improved",
+# "(B) Stable" or "(C) Worsened" (the parser takes the letters too). The prior image's
+# report (the node's own earlier findings) and the clinical context go in front of it.
 LONGITUDINAL_PRIOR_REPORT = 'The report of the prior image was: "{report}". '
-# A per-finding verdict after the free-text comparison, one line a finding, so the node
-# can code the change. The three words are MS-CXR-T's answer options, whose evaluation
-# asks for "(A) Improved", "(B) Stable" or "(C) Worsened"; the letters are left out of the
-# asked form (the parser takes them too). Separated from the notebook text by a blank
-# line, so the official sentence stays unchanged and on its own.
-LONGITUDINAL_VERDICT_INSTRUCTION = (
-    "After the comparison, give a verdict for each finding on its own line, in the form "
+LONGITUDINAL_VERDICT_QUESTION = (
+    "For each finding in your comparison, give a verdict on its own line, in the form "
     '"FINDING: <finding> | <verdict>", where <verdict> is one of Improved, Stable or Worsened.'
 )
 
-# Whole-slide images. The instruction's wording, as far as it is known:
-# - "provide a brief descriptive text for the set of pathology patches extracted from a
-#   pathology slide. Consider the tissue type and procedure (below)" and the line
-#   "{tissue}, {procedure}:" are verbatim from /work/shared/MEDGEMMA.md (its "Whole-slide
-#   images" section, which elides what comes before and after).
-# - The capital "Provide" opening the instruction and its ending "when deciding what to
-#   include in the ... text." are from the MedGemma 1.5 technical report (arXiv
-#   2604.05081, appendix B, table 9), whose evaluation prompt reads "Provide a brief
-#   diagnostic text ... when deciding what to include in the diagnostic text.
-#   {{ type_procedure }} {{ question }}". That table says "diagnostic" where MEDGEMMA.md
-#   says "descriptive"; we keep MEDGEMMA.md's word throughout, so the sentence reads
-#   consistently, and leave {{ question }} out (we ask none).
-# - The table renders line breaks as runs of spaces (see its lab-report and EHRNoteQA
-#   rows) but separates the WSI parts with single spaces, so one space joins them here.
-# - Order: MEDGEMMA.md puts the instruction first and the patches after it, unlabelled
-#   (the report's table writes "{{images}} + text" for every task, CT included, whose
-#   notebook layout is instruction-first too, so the table is no evidence on order).
+# Whole-slide images: the pathology notebook's text exactly; its last line is
+# "{tissue}, {procedure}:" after a newline (the notebook's example: "colon, biopsy:").
+# One user turn, the text first, then the patches, unlabelled.
 WSI_INSTRUCTION = (
-    "Provide a brief descriptive text for the set of pathology patches extracted from a "
-    "pathology slide. Consider the tissue type and procedure (below) when deciding what to "
-    "include in the descriptive text."
+    "You are an instructor teaching medical students. For education purposes, provide a "
+    "brief descriptive text for the set of pathology patches extracted from a pathology "
+    "slide. Consider the tissue type and procedure (below) when deciding what to include "
+    "in the descriptive text."
 )
 WSI_TISSUE_PROCEDURE = "{tissue}, {procedure}:"
 # Said instead of a tissue or procedure the slide's metadata doesn't give: inventing one
 # would steer the description.
 WSI_UNKNOWN = "unknown"
-# MEDGEMMA.md's cap (the report's training capped at 126 patches; 125 stays inside it).
+# The notebook's cap: random.sample(patches, k=min(125, n)).
 MAX_WSI_PATCHES = 125
 
 # Lab reports: the technical report's extraction prompt (appendix B, table 11), the words
@@ -128,9 +113,10 @@ MAX_LAB_REPORT_PAGES = 85
 REPORT_MAX_NEW_TOKENS = 600
 VOLUME_MAX_NEW_TOKENS = 2000
 LOCALIZE_MAX_NEW_TOKENS = 1000
-# The longitudinal notebook's value. Not in DEFAULT_MAX_NEW_TOKENS until config.Task names
-# the task (Task.CXR_LONGITUDINAL); the lead wires it there.
+# The longitudinal notebook's value.
 LONGITUDINAL_MAX_NEW_TOKENS = 600
+# The verdict turn: a dozen "FINDING: … | …" lines at most.
+LONGITUDINAL_VERDICT_MAX_NEW_TOKENS = 200
 # No official notebook value for these two. A WSI answer is a final-diagnosis line or a
 # few sentences; a lab report's JSON takes ~60-80 tokens per test, so 4096 holds ~50
 # tests and stays inside the model's 8192-token output limit.
@@ -179,12 +165,15 @@ def volume_prompt(
     *,
     question: str | None = None,
     context: str | None = None,
+    region: str | None = None,
     max_new_tokens: int = VOLUME_MAX_NEW_TOKENS,
 ) -> Prompt:
     """One user turn: instruction, then each slice followed by ``SLICE n``, the question last.
 
     ``question`` is the full question text; None asks the evaluation's yes/no question
     about any acute abnormality. ``context`` (indication, history) prefixes the question.
+    ``region`` completes the instruction's "from …" (the notebook: "the center of the
+    abdomen"); None leaves the phrase out.
     """
     if modality not in _VOLUME_NOUN:
         raise ValueError(f"modality must be one of {sorted(_VOLUME_NOUN)}, got {modality!r}")
@@ -200,7 +189,9 @@ def volume_prompt(
         if question is not None
         else volume_finding_question(VOLUME_DEFAULT_FINDING, modality)
     )
-    content: list[str | Image.Image] = [VOLUME_INSTRUCTION.format(modality=_VOLUME_NOUN[modality])]
+    where = VOLUME_REGION.format(region=region.strip()) if region and region.strip() else ""
+    instruction = VOLUME_INSTRUCTION.format(modality=_VOLUME_NOUN[modality], region=where)
+    content: list[str | Image.Image] = [instruction]
     for number, image in enumerate(slices, start=1):
         content += [image, VOLUME_SLICE_LABEL.format(number=number)]
     content.append(_with_context(asked, context))
@@ -225,26 +216,36 @@ def cxr_longitudinal_prompt(
     prior: Image.Image,
     current: Image.Image,
     *,
-    prior_report: str | None = None,
-    context: str | None = None,
     max_new_tokens: int = LONGITUDINAL_MAX_NEW_TOKENS,
 ) -> Prompt:
-    """The longitudinal notebook's prompt: prior image, current image, then the text.
+    """The longitudinal notebook's prompt, exactly: prior image, current image, its text."""
+    return Prompt(
+        system=None,
+        content=(prior, current, LONGITUDINAL_INSTRUCTION),
+        max_new_tokens=max_new_tokens,
+    )
 
-    The text is, in order: the clinical ``context`` in the evaluation form, the
-    ``prior_report`` (the node's earlier findings for the prior image), the notebook's
-    instruction verbatim, and after a blank line the node's request for one
-    ``FINDING: <finding> | <Improved|Stable|Worsened>`` line a finding. A missing or
-    blank ``context`` or ``prior_report`` is left out.
+
+def longitudinal_verdict_prompt(
+    comparison: Prompt,
+    answer: str,
+    *,
+    prior_report: str | None = None,
+    context: str | None = None,
+    max_new_tokens: int = LONGITUDINAL_VERDICT_MAX_NEW_TOKENS,
+) -> Prompt:
+    """The follow-up turn asking one ``FINDING: <finding> | <verdict>`` line a finding.
+
+    Same conversation: the notebook's turn and the model's ``answer`` to it come first,
+    unchanged. The clinical ``context`` (evaluation form) and the ``prior_report`` (the
+    node's earlier findings for the prior image) go in front of the question; a missing
+    or blank one is left out.
     """
-    text = LONGITUDINAL_INSTRUCTION
+    question = LONGITUDINAL_VERDICT_QUESTION
     report = " ".join(prior_report.split()) if prior_report is not None else ""
     if report:
-        text = LONGITUDINAL_PRIOR_REPORT.format(report=report) + text
-    # One text part: the chat template trims and concatenates adjacent text parts with
-    # no separator, so the blank line must be inside the string.
-    text = _with_context(text, context) + "\n\n" + LONGITUDINAL_VERDICT_INSTRUCTION
-    return Prompt(system=None, content=(prior, current, text), max_new_tokens=max_new_tokens)
+        question = LONGITUDINAL_PRIOR_REPORT.format(report=report) + question
+    return comparison.follow_up(answer, (_with_context(question, context),), max_new_tokens)
 
 
 def _label_or_unknown(value: str | None) -> str:
@@ -259,10 +260,10 @@ def wsi_prompt(
     procedure: str | None,
     max_new_tokens: int = WSI_MAX_NEW_TOKENS,
 ) -> Prompt:
-    """Instruction with "{tissue}, {procedure}:" first, then the patches, unlabelled.
+    """The notebook's text, its last line "{tissue}, {procedure}:", then the patches.
 
-    ``patches`` are the sampled 896×896 tissue patches in the slide's spatial order.
-    A missing or blank ``tissue`` or ``procedure`` is written as "unknown".
+    ``patches`` are the sampled 896×896 tissue patches in the sampled order. A missing
+    or blank ``tissue`` or ``procedure`` is written as "unknown".
     """
     if not patches:
         raise ValueError("a WSI prompt needs at least one patch, got none")
@@ -274,9 +275,7 @@ def wsi_prompt(
     label = WSI_TISSUE_PROCEDURE.format(
         tissue=_label_or_unknown(tissue), procedure=_label_or_unknown(procedure)
     )
-    # One text part: the chat template trims and concatenates adjacent text parts with
-    # no separator, so the space must be inside the string.
-    text = f"{WSI_INSTRUCTION} {label}"
+    text = f"{WSI_INSTRUCTION}\n{label}"
     return Prompt(system=None, content=(text, *patches), max_new_tokens=max_new_tokens)
 
 
@@ -300,15 +299,22 @@ def lab_report_prompt(
 
 
 def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
-    """The Hugging Face chat format the Gemma 3 processor's template takes."""
+    """The Hugging Face chat format the Gemma 3 processor's template takes: earlier turns
+    and the model's answers to them, then the turn to answer."""
     messages: list[dict[str, Any]] = []
     if prompt.system:
         messages.append({"role": "system", "content": [{"type": "text", "text": prompt.system}]})
-    parts = [
+    for turn in prompt.history:
+        messages.append({"role": "user", "content": _parts(turn.content)})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": turn.answer}]})
+    messages.append({"role": "user", "content": _parts(prompt.content)})
+    return messages
+
+
+def _parts(content: Sequence[str | Image.Image]) -> list[dict[str, Any]]:
+    return [
         {"type": "image", "image": part}
         if isinstance(part, Image.Image)
         else {"type": "text", "text": part}
-        for part in prompt.content
+        for part in content
     ]
-    messages.append({"role": "user", "content": parts})
-    return messages

@@ -1,7 +1,8 @@
-"""What every engine takes and gives: one chat turn in, generated text out."""
+"""What every engine takes and gives: a conversation in, the model's next answer out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -9,29 +10,60 @@ from PIL import Image
 
 TEST_MODEL_LABEL = "TEST MODEL"
 
+Content = tuple[str | Image.Image, ...]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier exchange of the same conversation: what was asked, what the model said."""
+
+    content: Content
+    answer: str
+
 
 @dataclass(frozen=True)
 class Prompt:
-    """One user turn as the official MedGemma notebooks build it.
+    """A conversation as the official MedGemma notebooks build it.
 
-    ``content`` holds text and images interleaved in prompt order; ``system`` is
-    folded into the first user turn by the Gemma 3 chat template.
+    ``content`` is the user turn to answer now, text and images interleaved in prompt
+    order; ``history`` the exchanges before it (empty for every official recipe's first
+    turn); ``system`` is folded into the first user turn by the Gemma 3 chat template.
     """
 
     system: str | None
-    content: tuple[str | Image.Image, ...]
+    content: Content
     max_new_tokens: int
+    history: tuple[Turn, ...] = ()
+
+    def follow_up(
+        self, answer: str, content: Sequence[str | Image.Image], max_new_tokens: int
+    ) -> Prompt:
+        """The same conversation with ``answer`` given to this turn and ``content`` asked next."""
+        return Prompt(
+            system=self.system,
+            content=tuple(content),
+            max_new_tokens=max_new_tokens,
+            history=(*self.history, Turn(self.content, answer)),
+        )
 
     @property
     def images(self) -> list[Image.Image]:
-        return [part for part in self.content if isinstance(part, Image.Image)]
+        """Every image of the conversation, in the order the model reads them."""
+        parts = [part for turn in self.history for part in turn.content] + list(self.content)
+        return [part for part in parts if isinstance(part, Image.Image)]
 
     @property
     def text(self) -> str:
         """The text parts, images shown as <image>: for logs and --save-inputs."""
-        parts = ["<image>" if isinstance(p, Image.Image) else p for p in self.content]
         head = f"[system] {self.system}\n" if self.system else ""
-        return head + "\n".join(parts)
+        if not self.history:
+            return head + _shown(self.content)
+        turns = [f"[user]\n{_shown(t.content)}\n[model]\n{t.answer}" for t in self.history]
+        return head + "\n".join([*turns, f"[user]\n{_shown(self.content)}"])
+
+
+def _shown(content: Content) -> str:
+    return "\n".join("<image>" if isinstance(p, Image.Image) else p for p in content)
 
 
 class Engine(Protocol):

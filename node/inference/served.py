@@ -1,6 +1,9 @@
 """MedGemma behind an OpenAI-compatible chat completions server (vLLM, SGLang).
 
-Same prompts, same images in the same order as the in-process engine; greedy decoding.
+Same conversation, same images in the same order as the in-process engine; greedy
+decoding. Images travel as data URLs: JPEG quality 95 by default, as the official MedGemma
+serving container sends them (lossy: under a grey level of mean error), or lossless PNG,
+2–3× the bytes and ~10× the encoding time (``bench/encoding.py``).
 Requests that may succeed on a second try (no connection, a timeout, HTTP 429 or 5xx)
 are retried with a short doubling wait; a refused request (any other 4xx) is not.
 """
@@ -20,12 +23,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 
 from node.inference.answers import strip_thinking
-from node.inference.request import EngineError, Prompt
+from node.inference.request import Content, EngineError, Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,22 @@ ERROR_DETAIL_CHARS = 500
 
 # The finish reason of an answer cut at max_tokens.
 FINISH_LENGTH = "length"
+
+ImageFormat = Literal["jpeg", "png"]
+# The official serving container's IMAGE_INPUT_COMPRESSION_FORMAT and quality defaults.
+DEFAULT_IMAGE_FORMAT: ImageFormat = "jpeg"
+DEFAULT_JPEG_QUALITY = 95
+# Chroma at full resolution (4:4:4), not PIL's and libjpeg's default 4:2:0 (which the
+# container's cv2.imencode also gets). 4:2:0 costs nothing on grey images (radiographs,
+# MR), but a CT slice's three channels are three windows of the same HU and 4:2:0 blurs
+# their differences at every edge: on bench/encoding.py's CT at q95 the mean error goes
+# from 0.7 to 1.65 levels and the worst pixel from ~20 to ~100 levels off; 4:4:4 costs
+# ~1.6× the bytes there, ~1.1× on whole-slide patches.
+JPEG_SUBSAMPLING = 0  # PIL's code for 4:4:4
+# Lossless either way; level 1 is ~10× faster than the default level 6.
+PNG_COMPRESS_LEVEL = 1
+# Modes a JPEG holds as they are; the node's images are all RGB (or L in tests).
+JPEG_MODES = ("L", "RGB")
 
 
 def retryable_status(code: int) -> bool:
@@ -83,12 +102,15 @@ class OpenAIEngine:
         concurrency: int = OPENAI_CONCURRENCY,
         api_key: str | None = None,
         retry_wait: float = RETRY_WAIT_SECONDS,
+        image_format: ImageFormat = DEFAULT_IMAGE_FORMAT,
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     ) -> None:
         if timeout <= 0 or retries < 0 or concurrency < 1 or retry_wait < 0:
             raise ValueError(
                 f"timeout must be > 0, retries >= 0, concurrency >= 1 and retry_wait >= 0; "
                 f"got {timeout}, {retries}, {concurrency} and {retry_wait}"
             )
+        _check_encoding(image_format, jpeg_quality)
         base = url.rstrip("/")
         base = base.removesuffix(CHAT_COMPLETIONS)
         self._base = base
@@ -98,6 +120,8 @@ class OpenAIEngine:
         self._retries = retries
         self._retry_wait = retry_wait
         self._concurrency = concurrency
+        self._image_format = image_format
+        self._jpeg_quality = jpeg_quality
         self._slots = threading.BoundedSemaphore(concurrency)
         # Never logged, never in an error message.
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -181,18 +205,20 @@ class OpenAIEngine:
     # --- generation -------------------------------------------------------------------------
 
     def request_body(self, prompt: Prompt) -> dict[str, Any]:
+        """The chat completions body: the whole conversation, the question last.
+
+        An optional system message, then for each earlier turn the user message and the
+        model's answer as an assistant message, then the user message to answer now.
+        """
         messages: list[dict[str, Any]] = []
         if prompt.system:
             # The server's Gemma 3 chat template folds it into the first user turn, as the
             # processor does in process.
             messages.append({"role": "system", "content": prompt.system})
-        parts = [
-            {"type": "image_url", "image_url": {"url": image_data_url(part)}}
-            if isinstance(part, Image.Image)
-            else {"type": "text", "text": part}
-            for part in prompt.content
-        ]
-        messages.append({"role": "user", "content": parts})
+        for turn in prompt.history:
+            messages.append({"role": "user", "content": self._parts(turn.content)})
+            messages.append({"role": "assistant", "content": turn.answer})
+        messages.append({"role": "user", "content": self._parts(prompt.content)})
         # No seed: with temperature 0 the server decodes greedily and a seed changes nothing.
         return {
             "model": self._model,
@@ -200,6 +226,17 @@ class OpenAIEngine:
             "max_tokens": prompt.max_new_tokens,
             "temperature": 0,  # greedy, as do_sample=False in process
         }
+
+    def _parts(self, content: Content) -> list[dict[str, Any]]:
+        """One user message's content parts: text as it is, images as data URLs."""
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            if isinstance(part, Image.Image):
+                url = image_data_url(part, self._image_format, self._jpeg_quality)
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                parts.append({"type": "text", "text": part})
+        return parts
 
     def generate(self, prompt: Prompt) -> str:
         started = time.monotonic()
@@ -308,8 +345,33 @@ class OpenAIEngine:
         return content
 
 
-def image_data_url(image: Image.Image) -> str:
-    """A lossless PNG data URL; compression level 1 is ~10× faster than the default."""
+def _check_encoding(image_format: str, jpeg_quality: int) -> None:
+    if image_format not in ("jpeg", "png"):
+        raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise ValueError(f"jpeg_quality must be 1 to 100, got {jpeg_quality}")
+
+
+def image_data_url(
+    image: Image.Image,
+    fmt: ImageFormat = DEFAULT_IMAGE_FORMAT,
+    quality: int = DEFAULT_JPEG_QUALITY,
+) -> str:
+    """``image`` as a ``data:image/jpeg`` or ``data:image/png`` base64 URL.
+
+    JPEG at ``quality`` with full-resolution chroma (``JPEG_SUBSAMPLING``); PNG is
+    lossless, at compression level 1. ``quality`` is used by JPEG only.
+    """
+    _check_encoding(fmt, quality)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if fmt == "png":
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        if image.mode not in JPEG_MODES:
+            raise ValueError(
+                f"a JPEG data URL takes a {' or '.join(JPEG_MODES)} image, got mode "
+                f"{image.mode!r} (set model.image_format to png)"
+            )
+        image.save(buffer, format="JPEG", quality=quality, subsampling=JPEG_SUBSAMPLING)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"data:image/{fmt};base64,{encoded}"

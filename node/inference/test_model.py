@@ -70,12 +70,10 @@ LAB_ANSWER = (
     '"panel": "CBC", "method": null, "specimen": "Blood", '
     '"sample_collection_time": "01-02-2026 08:30:00"}]\n```'
 )
-# A comparison, then one verdict line a finding in the form the prompt asks for.
-LONGITUDINAL_ANSWER = (
-    "Compared with the prior image, the right lower lobe opacity has decreased.\n"
-    "FINDING: right lower lobe opacity | Improved\n"
-    "FINDING: heart size | Stable"
-)
+# The notebook's turn gets a comparison; the node's follow-up turn one verdict line a
+# finding, in the form it asks for.
+LONGITUDINAL_ANSWER = "Compared with the prior image, the right lower lobe opacity has decreased."
+VERDICTS_ANSWER = "FINDING: right lower lobe opacity | Improved\nFINDING: heart size | Stable"
 ANSWERS: dict[str, str] = {  # by task, as the marker file lists them
     "report": REPORT_ANSWER,
     "volume": VOLUME_ANSWER,
@@ -83,6 +81,7 @@ ANSWERS: dict[str, str] = {  # by task, as the marker file lists them
     "wsi": WSI_ANSWER,
     "lab-report": LAB_ANSWER,
     "longitudinal": LONGITUDINAL_ANSWER,
+    "verdicts": VERDICTS_ANSWER,
 }
 
 # MedGemma's image processing, unchanged, so the imaging code's output is treated identically.
@@ -168,12 +167,13 @@ _FINDINGS = (
     "trachea",
 )
 _TISSUES = ("breast", "colon", "prostate", "lung", "skin", "lymph node", "stomach", "cervix")
+_REGIONS = ("the center of the abdomen", "the chest", "the head", "the pelvis", None)
 _PROCEDURES = ("biopsy", "core needle biopsy", "excision", "resection", "polypectomy")
 
 # Training budget: enough for every answer token to win by a clear margin.
 _LEARNING_RATE = 3e-3
 _ROUND_STEPS = 60
-_MAX_ROUNDS = 12
+_MAX_ROUNDS = 20
 _MIN_MARGIN = 2.0  # logit lead of the right token at every answer position
 
 
@@ -213,7 +213,7 @@ def build_test_model(out_dir: Path, *, seed: int = 0) -> Path:
     _seed_everything(seed)
     processor = _build_processor()
     model = _build_model(processor)
-    examples = _training_examples(processor, random.Random(seed), count_per_task=6)
+    examples = _training_examples(processor, random.Random(seed), count_per_task=12)
     held_out = _training_examples(processor, random.Random(seed + 1), count_per_task=2)
     _train(model, examples, held_out)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
@@ -258,14 +258,16 @@ def _tokenizer_corpus() -> Iterator[str]:
     yield prompts.REPORT_INSTRUCTION
     yield prompts.LOCALIZE_PROMPT
     for modality in ("CT", "MR"):
-        yield prompts.VOLUME_INSTRUCTION.format(modality=modality)
+        for region in ("", prompts.VOLUME_REGION.format(region=_REGIONS[0])):
+            yield prompts.VOLUME_INSTRUCTION.format(modality=modality, region=region)
         yield prompts.volume_finding_question(prompts.VOLUME_DEFAULT_FINDING, modality)
+    yield " ".join(region for region in _REGIONS if region)
     yield prompts.CONTEXT_PREFIX
     yield prompts.WSI_INSTRUCTION
     yield prompts.LAB_REPORT_PROMPT
     yield prompts.LONGITUDINAL_INSTRUCTION
     yield prompts.LONGITUDINAL_PRIOR_REPORT
-    yield prompts.LONGITUDINAL_VERDICT_INSTRUCTION
+    yield prompts.LONGITUDINAL_VERDICT_QUESTION
     yield " ".join([*_TISSUES, *_PROCEDURES, prompts.WSI_UNKNOWN])
     yield " ".join(prompts.VOLUME_SLICE_LABEL.format(number=n) for n in range(1, 100))
     yield "user\nmodel\n\n" + " ".join(_WORDS) + " " + " ".join(_FINDINGS)
@@ -438,7 +440,11 @@ def _task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]
             question = prompts.volume_finding_question(rng.choice(_FINDINGS), modality)
         yield (
             prompts.volume_prompt(
-                slices, modality, question=question, context=_random_context(rng)
+                slices,
+                modality,
+                question=question,
+                context=_random_context(rng),
+                region=rng.choice(_REGIONS),
             ),
             VOLUME_ANSWER,
         )
@@ -455,16 +461,13 @@ def _task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]
         pages = [_random_image(rng) for _ in range(rng.choice([1, 2, 3, 8]))]
         yield prompts.lab_report_prompt(pages), LAB_ANSWER
     for _ in range(count):
+        comparison = prompts.cxr_longitudinal_prompt(_random_image(rng), _random_image(rng))
+        yield comparison, LONGITUDINAL_ANSWER
         prior_report = rng.choice([None, REPORT_ANSWER, _random_context(rng)])
-        yield (
-            prompts.cxr_longitudinal_prompt(
-                _random_image(rng),
-                _random_image(rng),
-                prior_report=prior_report,
-                context=_random_context(rng),
-            ),
-            LONGITUDINAL_ANSWER,
+        follow_up = prompts.longitudinal_verdict_prompt(
+            comparison, LONGITUDINAL_ANSWER, prior_report=prior_report, context=_random_context(rng)
         )
+        yield follow_up, VERDICTS_ANSWER
 
 
 def _training_examples(

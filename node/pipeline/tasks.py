@@ -23,6 +23,7 @@ from node.imaging.context import ClinicalContext, clinical_context
 from node.imaging.document import document_to_pages
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
+from node.imaging.terms import NOT_GIVEN, slide_procedure, slide_tissue, volume_region
 from node.imaging.volume import VolumeInput, series_to_volume_input
 from node.imaging.wsi import WsiInput, wsi_to_patches
 from node.inference.answers import (
@@ -39,10 +40,12 @@ from node.inference.answers import (
 from node.inference.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
     VOLUME_DEFAULT_FINDING,
+    WSI_UNKNOWN,
     cxr_localize_prompt,
     cxr_longitudinal_prompt,
     cxr_report_prompt,
     lab_report_prompt,
+    longitudinal_verdict_prompt,
     volume_prompt,
     wsi_prompt,
 )
@@ -137,14 +140,17 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         "task": job.task.value,
         "sop_instance_uid": str(ds.SOPInstanceUID),
         "series_instance_uid": str(ds.SeriesInstanceUID),
+        "voi": radiograph.voi,
         "window": radiograph.window,
-        "padding": {"top": radiograph.pad_top, "left": radiograph.pad_left},
+        "padding": radiograph.padding.as_dict(),
         "source_size": [radiograph.source_rows, radiograph.source_columns],
         **_context_record(context),
     }
     record: dict[str, object] = {
         "image": str(ds.SOPInstanceUID),
         "view": str(ds.get("ViewPosition", "")),
+        "voi": radiograph.voi,
+        "window": radiograph.window,
         **_context_record(context),
         **(prior.record if prior is not None else {}),
     }
@@ -162,21 +168,13 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         record["comparison"] = False
     else:
         prior_report = "\n".join(prior.reports) or None
-        prompt = cxr_longitudinal_prompt(
-            prior_radiograph.image,
-            radiograph.image,
-            prior_report=prior_report,
-            context=context_text,
-            max_new_tokens=job.token_limit,
-        )
         meta["prior_image"] = str(prior.image.SOPInstanceUID)
-        answer = _generate(engine, prompt, job.save_inputs, meta=meta)
-        try:
-            comparison = parse_longitudinal(answer)
-        except AnswerError as e:
-            raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
-        verdicts = [f"{v.finding}: {v.verdict.capitalize()}" for v in comparison.verdicts]
-        narrative, impression, report = comparison.summary, None, comparison.summary
+        meta["prior_padding"] = prior_radiograph.padding.as_dict()
+        summary, verdicts, verdict_notes = _compare(
+            job, engine, prior_radiograph, radiograph, prior_report, context_text, meta
+        )
+        notes += verdict_notes
+        narrative, impression, report = summary, None, summary
         prior_sources = [prior.image]
         task = Task.CXR_LONGITUDINAL.value
         record.update(
@@ -222,6 +220,34 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
             )
         )
     return TaskOutcome(results=results, record=record)
+
+
+def _compare(
+    job: TaskInput,
+    engine: Engine,
+    prior: RadiographImage,
+    current: RadiographImage,
+    prior_report: str | None,
+    context: str | None,
+    meta: dict[str, object],
+) -> tuple[str, list[str], list[str]]:
+    """(comparison, "finding: Verdict" lines, notes): the notebook's turn exactly, then the
+    node's verdict question as a second turn of the same conversation."""
+    prompt = cxr_longitudinal_prompt(prior.image, current.image, max_new_tokens=job.token_limit)
+    answer = _generate(engine, prompt, job.save_inputs, meta=meta)
+    try:
+        comparison = parse_longitudinal(answer)
+    except AnswerError as e:
+        raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
+    follow_up = longitudinal_verdict_prompt(
+        prompt, answer, prior_report=prior_report, context=context
+    )
+    save = job.save_inputs / "verdicts" if job.save_inputs is not None else None
+    second = _generate(engine, follow_up, save, meta={**meta, "turn": "verdicts"})
+    found = comparison.verdicts + parse_longitudinal(second).verdicts
+    notes = [] if found else ["the verdict turn gave no FINDING lines: no coded change"]
+    verdicts = [f"{v.finding}: {v.verdict.capitalize()}" for v in found]
+    return comparison.summary, list(dict.fromkeys(verdicts)), notes
 
 
 def _localize(
@@ -318,11 +344,13 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             continue
         headers = _readable_headers(paths)
         context = clinical_context(headers[0]) if headers else None
+        region = volume_region(headers[0]) if headers else NOT_GIVEN
         modality: Literal["CT", "MR"] = "CT" if job.task is Task.CT_VOLUME else "MR"
         prompt = volume_prompt(
             volume.images,
             modality,
             context=context.text if context else None,
+            region=region.text,
             max_new_tokens=job.token_limit,
         )
         answer = _generate(
@@ -337,6 +365,8 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
                 "plane": volume.plane,
                 "resampled": volume.resampled,
                 "geometry": volume.geometry,
+                "padding": volume.padding.as_dict(),
+                "region": region.as_record(),
                 "notes": volume.notes,
                 **_context_record(context),
             },
@@ -367,6 +397,8 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             "plane": volume.plane,
             "resampled": volume.resampled,
             "geometry": volume.geometry,
+            "padding": volume.padding.as_dict(),
+            "region": region.as_record(),
             "verdict": verdict,
             "findings": [f.label for f in named.findings],
             "cited_slices": named.cited,
@@ -402,9 +434,13 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
     except ImagingError as e:
         raise InputError(str(e)) from e
     headers = _readable_headers(paths)
-    tissue = _tissue(headers[0]) if headers else None
+    tissue = slide_tissue(headers[0]) if headers else NOT_GIVEN
+    procedure = slide_procedure(headers[0]) if headers else NOT_GIVEN
     prompt = wsi_prompt(
-        slide.patches, tissue=tissue, procedure=None, max_new_tokens=job.token_limit
+        slide.patches,
+        tissue=tissue.text,
+        procedure=procedure.text,
+        max_new_tokens=job.token_limit,
     )
     answer = _generate(
         engine,
@@ -415,8 +451,10 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
             "series_instance_uid": slide.series_uid,
             "level_index": slide.level_index,
             "magnification": slide.magnification,
-            "patch_positions": slide.positions,
-            "tissue": tissue,
+            "patch_positions": slide.positions,  # (row, column) at the level, in sent order
+            "sample_seed": slide.seed,
+            "tissue": tissue.as_record(),
+            "procedure": procedure.as_record(),
             "notes": slide.notes,
         },
     )
@@ -432,8 +470,12 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
         "level_index": slide.level_index,
         "level_instances": [str(h.SOPInstanceUID) for h in level],
         "magnification": slide.magnification,
-        "tissue": tissue,
-        "procedure": None,
+        "sample_seed": slide.seed,
+        # What the prompt's "{tissue}, {procedure}:" line said, and where it came from.
+        "tissue": tissue.text or WSI_UNKNOWN,
+        "tissue_source": tissue.source,
+        "procedure": procedure.text or WSI_UNKNOWN,
+        "procedure_source": procedure.source,
         "notes": slide.notes,
     }
     return TaskOutcome(results=[sr], record=record)
@@ -480,16 +522,6 @@ def _image_flavour(ds: Dataset) -> str:
 _FLAVOURS_OUTSIDE_PYRAMID = frozenset({"LABEL", "OVERVIEW"})
 
 
-def _tissue(ds: Dataset) -> str | None:
-    """The specimen's short description, else the body part: what the slide is of."""
-    for specimen in ds.get("SpecimenDescriptionSequence", []):
-        text = str(specimen.get("SpecimenShortDescription", "")).strip()
-        if text:
-            return text
-    body_part = str(ds.get("BodyPartExamined", "")).strip()
-    return body_part.lower() or None
-
-
 def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     paths = [path for files in job.series.values() for path in files]
     try:
@@ -505,6 +537,7 @@ def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
             "task": job.task.value,
             "pages": len(document.pages),
             "sop_instance_uids": document.sop_instance_uids,
+            "paddings": [padding.as_dict() for padding in document.paddings],
             "notes": document.notes,
         },
     )

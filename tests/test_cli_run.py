@@ -66,6 +66,7 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
     meta = json.loads((ct_inputs / "meta.json").read_text())
     assert meta["slice_indices"] == list(range(12))
     assert meta["z_positions"] == sorted(meta["z_positions"])
+    assert meta["padding"] == {"top": 0, "bottom": 0, "left": 0, "right": 0}  # 512² slices
     prompt = (ct_inputs / "prompt.txt").read_text()
     assert prompt.index("SLICE 1") < prompt.index("SLICE 12")
 
@@ -164,5 +165,16 @@ def test_whole_slide_image_gets_a_description(tmp_path: Path, test_model: Path) 
     inputs = next(saved.glob("*wsi"))
     meta = json.loads((inputs / "meta.json").read_text())
     assert round(meta["magnification"]) == 10
+    # The fixture's BodyPartExamined is COLON; nothing names the procedure.
+    assert meta["tissue"] == {"text": "colon", "source": "BodyPartExamined"}
+    assert meta["procedure"] == {"text": None, "source": "none"}
     prompt = (inputs / "prompt.txt").read_text()
-    assert prompt.index("colon") < prompt.index("<image>")  # instruction first, patches after
+    assert prompt.startswith(
+        "You are an instructor teaching medical students. For education purposes, provide a "
+        "brief descriptive text for the set of pathology patches extracted from a pathology "
+        "slide. Consider the tissue type and procedure (below) when deciding what to include "
+        "in the descriptive text.\ncolon, unknown:\n<image>"
+    )  # the notebook's text first, patches after
+    assert meta["patch_positions"] and all(
+        row % 896 == 0 and column % 896 == 0 for row, column in meta["patch_positions"]
+    )

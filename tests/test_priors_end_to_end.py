@@ -103,5 +103,10 @@ def test_current_study_is_compared_with_the_prior(
     assert sorted(p.name for p in inputs.glob("*.png")) == ["000.png", "001.png"]
     meta = json.loads((inputs / "meta.json").read_text())
     assert meta["prior_image"] == record["prior_image"]
-    prompt = (inputs / "prompt.txt").read_text()
-    assert "FINDINGS:" in prompt  # the node's own report on the prior, as context
+    # The notebook's turn exactly; the node's report on the prior goes with its own question.
+    assert (inputs / "prompt.txt").read_text() == (
+        "<image>\n<image>\nProvide a comparison of these two images and include details from\n"
+        "the image which students should take note of when reading longitudinal CXR\n\n"
+    )
+    verdicts = (inputs / "verdicts" / "prompt.txt").read_text()
+    assert "FINDINGS:" in verdicts and "Improved, Stable or Worsened" in verdicts

@@ -67,7 +67,12 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
     assert meta["slice_indices"] == list(range(12))
     assert meta["z_positions"] == sorted(meta["z_positions"])
     assert meta["padding"] == {"top": 0, "bottom": 0, "left": 0, "right": 0}  # 512² slices
+    assert meta["region"] == {"text": "the head", "source": "BodyPartExamined"}  # 693_UNCR
     prompt = (ct_inputs / "prompt.txt").read_text()
+    assert prompt.startswith(
+        "You are an instructor teaching medical students. You are analyzing a contiguous block "
+        "of CT slices from the head. Please review the slices provided below carefully.\n"
+    )
     assert prompt.index("SLICE 1") < prompt.index("SLICE 12")
 
 

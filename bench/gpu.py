@@ -204,7 +204,7 @@ def build_processor() -> Gemma3Processor:
 
     Its vocabulary is ~1k tokens, so every id stays below the model's 262,208.
     """
-    from node.inference.test_model import _build_processor  # the test model's own builder
+    from node.testing.checkpoint import _build_processor  # the test model's own builder
 
     small = _build_processor()
     processor = Gemma3Processor(

@@ -18,7 +18,7 @@ import yaml
 
 from bench.ingest import _send
 from fixtures.series import make_ct_series
-from node.inference.test_model import build_test_model
+from node.testing.checkpoint import build_test_model
 from node.store.index import Index
 from node.store.models import JobState
 from tests.peers import NodeProcess, free_port, wait_for
@@ -42,7 +42,7 @@ def main() -> int:
                         "data_dir": str(work / "data"),
                         "stable_seconds": 1,
                     },
-                    "model": {"path": str(model)},
+                    "model": {"engine": "test", "path": str(model)},
                 }
             )
         )

@@ -37,7 +37,7 @@ from bench.pipeline import machine
 from node.inference import prompts
 from node.inference.engine import TransformersEngine
 from node.inference.request import Prompt
-from node.inference.test_model import TOKENS_PER_IMAGE, build_test_model
+from node.testing.checkpoint import TOKENS_PER_IMAGE, build_test_model
 
 MEDGEMMA_TOKENS_PER_IMAGE = 256
 FINDINGS = ("pleural effusion", "consolidation", "pulmonary edema", "pneumothorax", "pneumonia")

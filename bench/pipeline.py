@@ -234,7 +234,7 @@ def _model_path() -> Path:
     cached = os.environ.get("MEDGEMMA_TEST_MODEL")
     if cached and (Path(cached) / "config.json").exists():
         return Path(cached)
-    from node.inference.test_model import build_test_model
+    from node.testing.checkpoint import build_test_model
 
     out = Path(tempfile.mkdtemp(prefix="mgn-bench-model-"))
     print(f"building the test model in {out} (set MEDGEMMA_TEST_MODEL to reuse one)")

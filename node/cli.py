@@ -195,7 +195,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_make_test_model(args: argparse.Namespace) -> int:
-    from node.inference.test_model import build_test_model
+    from node.testing.checkpoint import build_test_model
 
     path = build_test_model(args.dir)
     print(path)

@@ -126,8 +126,13 @@ class NodeSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    engine: Literal["transformers", "openai"] = "transformers"
-    path: Path | None = None  # local checkpoint; None: Hugging Face cache, then the test model
+    # transformers: MedGemma in this process; openai: MedGemma behind a server at url;
+    # test: the tiny test checkpoint (demos and tests; every result says TEST MODEL). The
+    # test checkpoint never stands in for missing MedGemma weights: those stop the node.
+    engine: Literal["transformers", "openai", "test"] = "transformers"
+    # transformers: a local MedGemma checkpoint; None: the Hugging Face cache for name.
+    # test: where the test checkpoint is kept (built when absent); None: under data_dir.
+    path: Path | None = None
     url: str | None = None  # for engine openai
     name: str = "google/medgemma-1.5-4b-it"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -26,7 +26,7 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Gemma 3 checkpoint, built once per run (or reused from MEDGEMMA_TEST_MODEL)."""
-    from node.inference.test_model import build_test_model
+    from node.testing.checkpoint import build_test_model
 
     cached = os.environ.get("MEDGEMMA_TEST_MODEL")
     if cached and (Path(cached) / "config.json").exists():
@@ -40,7 +40,7 @@ def engine(test_model: Path) -> TransformersEngine:
     from node.config import ModelSettings
     from node.inference.engine import TransformersEngine, load_engine
 
-    loaded = load_engine(ModelSettings(path=test_model), Path("unused-data-dir"))
+    loaded = load_engine(ModelSettings(engine="test", path=test_model), Path("unused-data-dir"))
     assert isinstance(loaded, TransformersEngine)
     return loaded
 
@@ -91,7 +91,7 @@ def node_config(tmp_path: Path, model_path: Path, **sections: Any) -> tuple[Path
             "data_dir": str(tmp_path / "node-data"),
             "stable_seconds": 2,
         },
-        "model": {"path": str(model_path), "max_new_tokens": 80},
+        "model": {"engine": "test", "path": str(model_path), "max_new_tokens": 80},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

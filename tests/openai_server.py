@@ -84,6 +84,8 @@ class OpenAIServer:
         self.model_name = model_name
         self.api_key = api_key
         self.list_models = list_models  # False: /v1/models is 404, as on some servers
+        # What /v1/models lists as the model's root, as vLLM does: the directory it loaded.
+        self.root = str(checkpoint)
         self.answer_prefix = ""  # e.g. a thinking trace in front of every answer
         self.delay = 0.0  # every chat request answers this late
         # Its own processor, for the usage counts: the tokens the model was given.
@@ -197,7 +199,14 @@ class OpenAIServer:
                 if self.path.rstrip("/") != "/v1/models" or not server.list_models:
                     self._send(HTTPStatus.NOT_FOUND, {"detail": "Not Found"})
                     return
-                models = [{"id": server.model_name, "object": "model", "owned_by": "test"}]
+                models = [
+                    {
+                        "id": server.model_name,
+                        "object": "model",
+                        "owned_by": "test",
+                        "root": server.root,
+                    }
+                ]
                 self._send(HTTPStatus.OK, {"object": "list", "data": models})
 
             def do_POST(self) -> None:  # noqa: N802

@@ -17,7 +17,7 @@ from node.inference.answers import parse_boxes
 from node.inference.batching import BatchingEngine
 from node.inference.engine import TransformersEngine
 from node.inference.request import Prompt
-from node.inference.test_model import LOCALIZE_BOX, REPORT_ANSWER, VOLUME_ANSWER
+from node.testing.checkpoint import LOCALIZE_BOX, REPORT_ANSWER, VOLUME_ANSWER
 
 
 def _image(seed: int) -> Image.Image:

@@ -24,7 +24,7 @@ def _config(tmp_path: Path, test_model: Path) -> Path:
         yaml.safe_dump(
             {
                 "node": {"data_dir": str(tmp_path / "data")},
-                "model": {"path": str(test_model), "max_new_tokens": 80},
+                "model": {"engine": "test", "path": str(test_model), "max_new_tokens": 80},
             }
         )
     )

@@ -39,14 +39,23 @@ def test_docker_file_differs_only_where_a_container_must() -> None:
     # on the /data volume; nothing else differs.
     assert docker.node.data_dir == Path("/data")
     assert docker.node.host == "0.0.0.0" and docker.node.http_host == "0.0.0.0"
+    # `make run` runs the test model on purpose; a container is for MedGemma.
+    assert embedded.model.engine == "test" and docker.model.engine == "transformers"
     expected = embedded.model_copy(
         update={
             "node": embedded.node.model_copy(
                 update={"data_dir": Path("/data"), "host": "0.0.0.0", "http_host": "0.0.0.0"}
-            )
+            ),
+            "model": embedded.model.model_copy(update={"engine": "transformers"}),
         }
     )
     assert docker == expected
+
+
+def test_a_model_section_that_does_not_ask_for_the_test_model_means_medgemma() -> None:
+    assert parse_settings("node: {port: 104}\n", "test").model.engine == "transformers"
+    assert parse_settings("model: {path: /models/x}\n", "test").model.engine == "transformers"
+    assert parse_settings("model: {engine: test}\n", "test").model.engine == "test"
 
 
 def test_tls_ports() -> None:

@@ -479,7 +479,7 @@ def _loopback_node_config(
         port=pacs.dicom_port,
         dicomweb_url=_rehost(config["pacs"]["dicomweb_url"], pacs.http_port),
     )
-    config["model"]["path"] = str(test_model)
+    config["model"].update(engine="test", path=str(test_model))
     path = tmp_path / "node.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

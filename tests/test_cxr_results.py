@@ -23,11 +23,11 @@ from node.config import LocalizationSettings, Output, Task
 from node.imaging.radiograph import radiograph_to_image
 from node.inference.answers import Box
 from node.inference.engine import TransformersEngine
-from node.inference.test_model import LOCALIZE_BOX, LOCALIZE_LABEL, REPORT_ANSWER
 from node.pipeline.tasks import TaskInput, TaskOutcome, run_task
 from node.priors.retrieve import prior_report_texts
 from node.results.boxes import map_box
 from node.results.codes import coded_finding
+from node.testing.checkpoint import LOCALIZE_BOX, LOCALIZE_LABEL, REPORT_ANSWER
 from tests.dicom_tools import dciodvfy_errors, pixelmed_sr_errors, write_tmp
 
 ALL_OUTPUTS = frozenset({Output.SR, Output.GSPS, Output.SC})

@@ -12,8 +12,8 @@ from pydicom import Dataset, dcmread
 
 from fixtures.series import make_cr_study
 from node.inference.answers import report_sections
-from node.inference.test_model import REPORT_ANSWER
 from node.results.disclaimer import TEST_MODEL_BANNER
+from node.testing.checkpoint import REPORT_ANSWER
 from tests.conftest import node_config, storescu
 from tests.dicom_tools import dciodvfy_errors
 from tests.peers import NodeProcess, Orthanc, wait_for

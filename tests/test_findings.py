@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from node.inference.test_model import REPORT_ANSWER
 from node.results.codes import coded_finding, finding_vocabulary
 from node.results.findings import named_findings
+from node.testing.checkpoint import REPORT_ANSWER
 
 
 def test_the_test_models_normal_report_names_nothing() -> None:

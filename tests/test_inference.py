@@ -37,7 +37,7 @@ from node.inference.engine import (
     load_engine,
 )
 from node.inference.request import TEST_MODEL_LABEL, Prompt
-from node.inference.test_model import (
+from node.testing.checkpoint import (
     ANSWERS,
     IMAGE_SIZE,
     LAB_ANSWER,
@@ -68,7 +68,7 @@ def test_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(test_model_dir: Path) -> TransformersEngine:
-    loaded = load_engine(ModelSettings(path=test_model_dir), Path("unused-data-dir"))
+    loaded = load_engine(ModelSettings(engine="test", path=test_model_dir), Path("unused-data-dir"))
     assert isinstance(loaded, TransformersEngine)
     return loaded
 
@@ -340,10 +340,10 @@ def test_report_prompt_folds_system_into_the_user_turn(engine: TransformersEngin
     )
 
 
-def test_fallback_builds_the_test_model_once_and_deterministically(
+def test_engine_test_builds_the_test_model_once_and_deterministically(
     tmp_path: Path, test_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = ModelSettings(name=NOT_CACHED)
+    settings = ModelSettings(engine="test")
     first = load_engine(settings, tmp_path)
     built = tmp_path / "test-model"
     assert first.is_test_model and str(built) in first.label
@@ -356,6 +356,35 @@ def test_fallback_builds_the_test_model_once_and_deterministically(
     monkeypatch.setattr(engine_module, "build_test_model", refuse)
     again = load_engine(settings, tmp_path)
     assert again.generate(prompts.cxr_report_prompt(_gradient())) == REPORT_ANSWER
+    # A checkpoint an older release built (other fixed answers) is rebuilt, not served.
+    marker = built / MARKER_NAME
+    stale = json.loads(marker.read_text())
+    stale["answers"] = {**stale["answers"], "report": "an older release's answer"}
+    marker.write_text(json.dumps(stale))
+    with pytest.raises(AssertionError, match="rebuilt the test model"):
+        load_engine(settings, tmp_path)
+
+
+def test_missing_medgemma_weights_stop_the_node_instead_of_the_test_model(tmp_path: Path) -> None:
+    """A configuration that names MedGemma never falls back to the test checkpoint."""
+    with pytest.raises(ModelLoadError) as failed:
+        load_engine(ModelSettings(name=NOT_CACHED), tmp_path)
+    message = str(failed.value)
+    assert "no MedGemma weights" in message and f"{NOT_CACHED} (model.name)" in message
+    assert "Hugging Face cache (" in message and "huggingface-cli download" in message
+    assert "model.engine: test" in message
+    assert not (tmp_path / "test-model").exists()  # nothing built behind the operator's back
+
+
+def test_the_test_checkpoint_runs_only_on_purpose(tmp_path: Path, test_model_dir: Path) -> None:
+    with pytest.raises(ModelLoadError, match="test checkpoint, not MedGemma.*model.engine: test"):
+        load_engine(ModelSettings(path=test_model_dir), tmp_path)
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(ModelLoadError, match="holds something other than the test checkpoint"):
+        load_engine(ModelSettings(engine="test", path=other), tmp_path)
+    assert (other / "notes.txt").read_text() == "keep me"
 
 
 # --- finding and loading weights -----------------------------------------------------------------

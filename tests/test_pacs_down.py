@@ -16,9 +16,9 @@ from pydicom.uid import (
 
 from fixtures.series import make_cr_study
 from node.config import load_settings
-from node.inference.test_model import LOCALIZE_LABEL
 from node.store.index import Index
 from node.store.models import JobState
+from node.testing.checkpoint import LOCALIZE_LABEL
 from tests.conftest import node_config, storescu
 from tests.dicom_tools import dciodvfy_errors, write_tmp
 from tests.peers import NodeProcess, Orthanc, wait_for

@@ -31,7 +31,7 @@ from node.inference.answers import final_answer, report_sections
 from node.inference.engine import ModelLoadError, TransformersEngine, load_engine
 from node.inference.request import EngineError, Prompt
 from node.inference.served import ImageFormat, OpenAIEngine, image_data_url
-from node.inference.test_model import REPORT_ANSWER, VOLUME_ANSWER
+from node.testing.checkpoint import REPORT_ANSWER, VOLUME_ANSWER
 from tests.openai_server import OpenAIServer, decode_image_url
 from tests.peers import free_port
 
@@ -373,6 +373,22 @@ def test_load_engine_checks_the_served_model(server: OpenAIServer, tmp_path: Pat
     engine = load_engine(_settings(server.url, name=MODEL, retries=0), tmp_path)
     assert isinstance(engine, OpenAIEngine)
     assert engine.generate(prompts.cxr_report_prompt(_noise(8))) == REPORT_ANSWER
+
+
+def test_a_served_test_checkpoint_is_labelled_test_model(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    """The server lists the test checkpoint's directory as its root (as vLLM lists what it
+    loaded): the node says TEST MODEL, as it does in process."""
+    engine = load_engine(_settings(server.url, name=MODEL), tmp_path)
+    assert engine.is_test_model and engine.label == f"TEST MODEL ({MODEL})"
+    checkpoint = server.root
+    server.root = MODEL  # a real checkpoint: a repository id, or a directory without the marker
+    try:
+        real = load_engine(_settings(server.url, name=MODEL), tmp_path)
+    finally:
+        server.root = checkpoint
+    assert not real.is_test_model and real.label == MODEL
 
 
 def test_a_model_the_server_does_not_serve_stops_the_start(

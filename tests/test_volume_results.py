@@ -14,7 +14,6 @@ from fixtures.series import make_ct_series, make_enhanced_ct
 from node.config import ImagingSettings, Task
 from node.imaging.volume import SliceSource, sample_indices, series_to_volume_input
 from node.inference.engine import TransformersEngine
-from node.inference.test_model import VOLUME_ANSWER
 from node.pipeline.tasks import TaskInput, TaskOutcome, run_task
 from node.results.slices import (
     CITED_SLICES_LABELS,
@@ -23,6 +22,7 @@ from node.results.slices import (
     volume_findings,
 )
 from node.results.tid1500 import ImageReference, build_measurement_report
+from node.testing.checkpoint import VOLUME_ANSWER
 from tests.dicom_tools import write_tmp
 from tests.sr_content import evidence_uids, library_uids, texts, validated_report
 

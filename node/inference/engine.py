@@ -1,7 +1,9 @@
-"""Engines: MedGemma in this process (transformers) or behind an OpenAI-compatible server.
+"""Engines: MedGemma in this process (transformers) or behind an OpenAI-compatible server,
+or the tiny test checkpoint when the configuration asks for it (``model.engine: test``).
 
-Where no MedGemma weights can be found the transformers engine runs a tiny test
-checkpoint instead, and says so loudly: its label starts with ``TEST MODEL``.
+A configuration that names MedGemma and finds no weights stops the node: it never falls
+back to the test checkpoint, whose results would reach the PACS as toy reports. The test
+checkpoint says so loudly wherever it runs: its label starts with ``TEST MODEL``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -22,7 +25,7 @@ from node.inference.answers import strip_thinking
 from node.inference.prompts import chat_messages
 from node.inference.request import TEST_MODEL_LABEL, Engine, EngineError, Prompt
 from node.inference.served import OpenAIEngine, ServedModelError
-from node.inference.test_model import build_test_model, is_test_model
+from node.testing.checkpoint import build_test_model, is_current_test_model, is_test_model
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +41,18 @@ _DTYPES: dict[str, torch.dtype] = {
 
 _BANNER_WIDTH = 76
 _TEST_MODEL_WARNING = (
-    "WARNING: NO MEDGEMMA WEIGHTS. RESULTS COME FROM A TEST MODEL, NOT MEDGEMMA.",
+    "WARNING: model.engine is test. RESULTS COME FROM A TEST MODEL, NOT MEDGEMMA.",
     "The model in {path}",
     "is a tiny model that gives the same fixed answers for every image.",
     'Its output is meaningless; every result it makes is labelled "TEST MODEL".',
-    "To run MedGemma set model.path, or put model.name in the Hugging Face cache.",
+    "To run MedGemma set model.engine: transformers and model.path (or the cache).",
+)
+# How to get the weights, for the message that stops a node configured for MedGemma.
+_GET_WEIGHTS = (
+    "Get the weights: accept the model's terms on Hugging Face, then on a machine with "
+    "network run `huggingface-cli download {name}` (copy the cache here, or the checkpoint "
+    "directory and set model.path to it). To run the tiny test checkpoint instead, on "
+    "purpose, set model.engine: test (its results are labelled TEST MODEL)."
 )
 
 
@@ -90,44 +100,75 @@ def _check_checkpoint(path: Path, *, source: str) -> None:
 
 
 def load_engine(settings: ModelSettings, data_dir: Path) -> Engine:
-    """The engine the settings ask for; MedGemma where found, else the test model."""
+    """The engine the settings ask for: MedGemma in process or served, or the test model.
+
+    Raises ModelLoadError when MedGemma is asked for and no weights are found, when
+    ``model.path`` holds the test checkpoint without ``model.engine: test``, or when the
+    test model's directory holds something else.
+    """
     if settings.engine == "openai":
-        if not settings.url:
-            raise ModelLoadError("model.url must be set when model.engine is openai")
-        api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
-        logger.info(
-            "model %s at %s (%s), up to %d requests at once",
-            settings.name,
-            settings.url,
-            f"key from ${settings.api_key_env}" if api_key else "no API key",
-            settings.concurrency,
-        )
-        served = OpenAIEngine(
-            settings.url,
-            model=settings.name,
-            timeout=settings.timeout_seconds,
-            retries=settings.retries,
-            concurrency=settings.concurrency,
-            api_key=api_key or None,
-            image_format=settings.image_format,
-            jpeg_quality=settings.jpeg_quality,
-        )
-        try:
-            served.check_model()
-        except ServedModelError as e:
-            raise ModelLoadError(str(e)) from e
-        return served
-    weights = find_medgemma_weights(settings)
-    if weights is not None:
-        label = str(settings.path) if settings.path is not None else settings.name
+        return _served_engine(settings)
+    if settings.engine == "test":
         return TransformersEngine(
-            weights, device=settings.device, dtype=settings.dtype, label=label
+            _test_checkpoint(settings, data_dir), device=settings.device, dtype=settings.dtype
         )
-    test_dir = data_dir / TEST_MODEL_DIR
-    if not is_test_model(test_dir):
-        logger.warning("no MedGemma weights for %s: building the test model", settings.name)
-        build_test_model(test_dir)
-    return TransformersEngine(test_dir, device=settings.device, dtype=settings.dtype)
+    weights = find_medgemma_weights(settings)
+    if weights is None:
+        raise ModelLoadError(
+            f"no MedGemma weights: model.path is not set and {settings.name} (model.name) is "
+            f"not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}). "
+            + _GET_WEIGHTS.format(name=settings.name)
+        )
+    if is_test_model(weights):
+        raise ModelLoadError(
+            f"{weights} is the node's test checkpoint, not MedGemma; set model.engine: test "
+            "to run it on purpose"
+        )
+    label = str(settings.path) if settings.path is not None else settings.name
+    return TransformersEngine(weights, device=settings.device, dtype=settings.dtype, label=label)
+
+
+def _test_checkpoint(settings: ModelSettings, data_dir: Path) -> Path:
+    """Where the test model is (``model.path``, else under the data directory); built there
+    when absent or made by an older release."""
+    path = settings.path if settings.path is not None else data_dir / TEST_MODEL_DIR
+    if is_current_test_model(path):
+        return path
+    if path.exists() and not is_test_model(path) and any(path.iterdir()):
+        raise ModelLoadError(
+            f"model.engine is test but {path} holds something other than the test checkpoint; "
+            "point model.path at an empty or missing directory, or leave it unset"
+        )
+    logger.warning("building the test model in %s (model.engine is test)", path)
+    return build_test_model(path)
+
+
+def _served_engine(settings: ModelSettings) -> Engine:
+    if not settings.url:
+        raise ModelLoadError("model.url must be set when model.engine is openai")
+    api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    logger.info(
+        "model %s at %s (%s), up to %d requests at once",
+        settings.name,
+        settings.url,
+        f"key from ${settings.api_key_env}" if api_key else "no API key",
+        settings.concurrency,
+    )
+    served = OpenAIEngine(
+        settings.url,
+        model=settings.name,
+        timeout=settings.timeout_seconds,
+        retries=settings.retries,
+        concurrency=settings.concurrency,
+        api_key=api_key or None,
+        image_format=settings.image_format,
+        jpeg_quality=settings.jpeg_quality,
+    )
+    try:
+        served.check_model()
+    except ServedModelError as e:
+        raise ModelLoadError(str(e)) from e
+    return served
 
 
 def resolve_device(device: str) -> torch.device:

@@ -23,12 +23,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
 
 from node.inference.answers import strip_thinking
-from node.inference.request import Content, EngineError, Prompt
+from node.inference.request import TEST_MODEL_LABEL, Content, EngineError, Prompt
+from node.testing.checkpoint import is_test_model
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class OpenAIEngine:
         self._image_format = image_format
         self._jpeg_quality = jpeg_quality
         self._slots = threading.BoundedSemaphore(concurrency)
+        self._is_test_model = False
         # Never logged, never in an error message.
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
@@ -130,11 +133,12 @@ class OpenAIEngine:
 
     @property
     def label(self) -> str:
-        return self._model
+        return f"{TEST_MODEL_LABEL} ({self._model})" if self._is_test_model else self._model
 
     @property
     def is_test_model(self) -> bool:
-        return False
+        """True once :meth:`check_model` found the server runs the node's test checkpoint."""
+        return self._is_test_model
 
     @property
     def url(self) -> str:
@@ -148,7 +152,12 @@ class OpenAIEngine:
     # --- start-up ---------------------------------------------------------------------------
 
     def served_models(self) -> list[str] | None:
-        """The names ``GET {base}/models`` lists; None where it can't be asked (logged).
+        """The names ``GET {base}/models`` lists; None where it can't be asked (logged)."""
+        listing = self._listing()
+        return None if listing is None else [str(entry["id"]) for entry in listing]
+
+    def _listing(self) -> list[dict[str, Any]] | None:
+        """The entries ``GET {base}/models`` lists; None where it can't be asked (logged).
 
         Raises ServedModelError where the server refuses this node's key: that needs a
         person, not a retry.
@@ -184,21 +193,40 @@ class OpenAIEngine:
             logger.warning("%s did not answer with JSON; going on", self.models_url)
             return None
         try:
-            return [str(entry["id"]) for entry in listing["data"]]
-        except (KeyError, TypeError) as e:
+            entries = [dict(entry) for entry in listing["data"]]
+            if not all("id" in entry for entry in entries):
+                raise KeyError("id")
+            return entries
+        except (KeyError, TypeError, ValueError) as e:
             logger.warning("%s answered without data[].id (%s); going on", self.models_url, e)
             return None
 
     def check_model(self) -> None:
-        """Stop at start-up when the server is up but doesn't serve ``model``."""
-        served = self.served_models()
-        if served is None:
+        """Stop at start-up when the server is up but doesn't serve ``model``; find out
+        whether what it serves is the node's test checkpoint.
+
+        vLLM lists the directory it loaded as ``root``: when that is the test checkpoint
+        and this node can see it (the same host or a shared volume), every result says
+        TEST MODEL, as it does in process.
+        """
+        listing = self._listing()
+        if listing is None:
             return
+        served = [str(entry["id"]) for entry in listing]
         if self._model not in served:
             raise ServedModelError(
                 f"{self._base} does not serve {self._model!r} (model.name); it serves: "
                 f"{', '.join(map(repr, served)) or 'nothing'}. Set model.name to one of "
                 f"those, or start the server with --served-model-name {self._model}"
+            )
+        entry = listing[served.index(self._model)]
+        roots = {str(entry[key]) for key in ("root", "id") if entry.get(key)}
+        self._is_test_model = any(_is_local_test_model(root) for root in roots)
+        if self._is_test_model:
+            logger.warning(
+                "%s serves the node's test checkpoint as %s: results are labelled TEST MODEL",
+                self._base,
+                self._model,
             )
         logger.info("%s serves %s", self._base, self._model)
 
@@ -343,6 +371,14 @@ class OpenAIEngine:
             # Kept: the answer parsers say what is missing from a cut answer.
             logger.warning("%s stopped at max_tokens: the answer may be cut short", self._model)
         return content
+
+
+def _is_local_test_model(name: str) -> bool:
+    """True if ``name`` is a directory here that holds the node's test checkpoint."""
+    try:
+        return is_test_model(Path(name))
+    except (OSError, ValueError):
+        return False
 
 
 def _check_encoding(image_format: str, jpeg_quality: int) -> None:

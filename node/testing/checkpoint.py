@@ -201,6 +201,21 @@ def is_test_model(path: Path) -> bool:
         return False
 
 
+def is_current_test_model(path: Path) -> bool:
+    """True if ``path`` is a test checkpoint trained on this release's fixed answers.
+
+    An older node's checkpoint answers the old prompts; the node rebuilds it rather than
+    let an upgrade run a model that no longer fits what it asks.
+    """
+    if not is_test_model(path):
+        return False
+    try:
+        marker = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(marker.get("answers") == ANSWERS)
+
+
 def build_test_model(out_dir: Path, *, seed: int = 0) -> Path:
     """Write the tiny checkpoint to ``out_dir`` (replacing it) and return the path.
 

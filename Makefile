@@ -6,17 +6,19 @@ CONFIG ?= config/node.yaml
 DEBS   := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps postgresql \
           chromium chromium-driver
 
-.PHONY: install install-peers run test lint bench bench-gpu clean
+.PHONY: install install-peers run test lint bench bench-gpu clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of torch unless a GPU is present (the CPU wheel is served from local disk here).
-	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
-	else $(BIN)/pip install -q torch==2.13.0; fi
+	# torch first, at the tested version (constraints.txt): on a GPU host PyPI's CUDA build,
+	# else the CPU build (served from local disk here).
+	$(BIN)/pip install -q -c constraints.txt torch
 
-$(BIN)/medgemma-node: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[test]'
+# constraints.txt: every package at the version the suite last passed with, so a fresh
+# machine installs what was tested. `make constraints` refreshes it (see the README).
+$(BIN)/medgemma-node: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/medgemma-node
@@ -52,6 +54,18 @@ bench: install install-peers
 # On a CUDA host: MedGemma 1.5 4B's architecture, random weights (bench/results/gpu.json).
 bench-gpu: install
 	$(BIN)/python -m bench.gpu
+
+# The newest releases pyproject.toml's bounds allow, in a throwaway environment, written to
+# constraints.txt; then run `make clean test` and commit constraints.txt if it passes.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q --upgrade pip
+	.venv-constraints/bin/pip install -q torch -e '.[test]'
+	( echo "# Tested versions of every package (make constraints; see the README)."; \
+	  .venv-constraints/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/' ) \
+	  > constraints.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache

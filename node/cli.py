@@ -194,6 +194,29 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """Bring the index to this release's schema, or say where it stands."""
+    from node.store import schema
+    from node.store.index import make_engine
+
+    settings = _settings(args.config)
+    engine = make_engine(settings.node.resolved_database_url)
+    try:
+        if args.action == "upgrade":
+            schema.upgrade(engine)
+        with engine.connect() as connection:
+            found = schema.current(connection)
+    except schema.SchemaError as e:
+        print(f"medgemma-node: {e}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    newest = schema.head()
+    state = "up to date" if found == newest else f"this release's schema is {newest}"
+    print(f"index schema: {found or 'none (empty, or from before migrations)'} ({state})")
+    return 0 if args.action == "current" or found == newest else 1
+
+
 def cmd_make_test_model(args: argparse.Namespace) -> int:
     from node.testing.checkpoint import build_test_model
 
@@ -248,6 +271,13 @@ def parser() -> argparse.ArgumentParser:
     reprocess.add_argument("study", help="StudyInstanceUID")
     reprocess.add_argument("--config", type=Path, default=None)
     reprocess.set_defaults(func=cmd_reprocess)
+
+    db = commands.add_parser(
+        "db", help="the index schema: upgrade it to this release's, or show where it stands"
+    )
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.add_argument("--config", type=Path, default=None)
+    db.set_defaults(func=cmd_db)
 
     make_model = commands.add_parser("make-test-model", help="write the tiny test checkpoint")
     make_model.add_argument("dir", type=Path)

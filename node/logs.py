@@ -16,7 +16,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 # Libraries that log every association or copied module at INFO: an administrator
 # reads the node's own lines; --verbose shows theirs too.
-CHATTY = ("pynetdicom", "highdicom")
+CHATTY = ("pynetdicom", "highdicom", "alembic")
 
 
 def configure_logging(verbose: bool, *, log_phi: bool = False) -> None:

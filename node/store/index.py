@@ -34,6 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from node.store import schema
 from node.store.meta import InstanceMeta
 from node.store.models import (
     Base,
@@ -91,7 +92,7 @@ class Index:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        Base.metadata.create_all(self.engine)
+        schema.upgrade(self.engine)  # a no-op once the database is at this release's schema
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time anyway; serialising writers in-process avoids
         # busy-waiting between the SCP's association threads.

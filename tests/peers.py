@@ -191,24 +191,9 @@ class Postgres:
             for parent in self.workdir.parents:
                 if parent != Path("/") and not os.access(parent, os.X_OK):
                     parent.chmod(parent.stat().st_mode | 0o111)
-        subprocess.run(
-            self._as_postgres(
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
-        log = (self.workdir / "postgres.log").open("wb")
+        if not (data / "PG_VERSION").exists():  # else started again after stop()
+            self._initdb(bin_dir, data)
+        log = (self.workdir / "postgres.log").open("ab")
         if os.geteuid() == 0:
             shutil.chown(self.workdir / "postgres.log", "postgres", "postgres")
         self.process = subprocess.Popen(
@@ -232,6 +217,25 @@ class Postgres:
         )
         wait_for(lambda: port_open(self.port), timeout=30, what="PostgreSQL to listen")
         return self
+
+    def _initdb(self, bin_dir: Path, data: Path) -> None:
+        subprocess.run(
+            self._as_postgres(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self) -> None:
         if self.process is not None:

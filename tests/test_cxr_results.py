@@ -156,3 +156,24 @@ def test_the_report_reads_back_as_the_prior_report_of_a_later_study(
 ) -> None:
     path = write_tmp(localized.results[0], tmp_path)
     assert prior_report_texts([path]) == [REPORT_ANSWER]
+
+
+def test_localization_stops_at_max_findings(
+    cr_path: Path, engine: TransformersEngine, tmp_path: Path
+) -> None:
+    """Five fixed findings, max_findings 2: two localization calls (their saved inputs show
+    it), two findings in the record, in the order given."""
+    asked = ["pleural effusion", "pneumothorax", "consolidation", "cardiomegaly", "nodule"]
+    outcome = _run(
+        cr_path,
+        engine,
+        localization=LocalizationSettings(findings=asked, max_findings=2),
+        save_inputs=tmp_path / "inputs",
+    )
+    calls = sorted(p.name for p in (tmp_path / "inputs").glob("localize-*"))
+    assert calls == ["localize-1", "localize-2"]
+    assert outcome.record["findings"][:2] == asked[:2]
+    assert set(outcome.record["findings"]) <= set(asked[:2])
+    for number, finding in enumerate(asked[:2], start=1):
+        prompt = (tmp_path / "inputs" / f"localize-{number}" / "prompt.txt").read_text()
+        assert f"Where is the {finding}?" in prompt

@@ -255,7 +255,12 @@ def test_jpeg_refuses_images_it_cannot_hold() -> None:
 
 @pytest.mark.parametrize(
     "status",
-    [HTTPStatus.SERVICE_UNAVAILABLE, HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.BAD_GATEWAY],
+    [
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        HTTPStatus.TOO_MANY_REQUESTS,
+        HTTPStatus.BAD_GATEWAY,
+        HTTPStatus.REQUEST_TIMEOUT,  # the server's own "request timeout": worth a second try
+    ],
 )
 def test_busy_server_is_retried_until_it_answers(
     server: OpenAIServer, status: HTTPStatus, caplog: pytest.LogCaptureFixture

@@ -1,0 +1,164 @@
+"""Failure paths the README promises, each against the real process: a database that goes
+away, a worker killed mid-job, a model that keeps failing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from fixtures.series import make_cr_study, make_ct_series
+from node.config import load_settings
+from node.store.index import Index
+from node.store.models import JobState
+from tests.conftest import node_config, storescu
+from tests.peers import NodeProcess, Postgres, free_port, wait_for
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(line) for line in found.stdout.split()]
+
+
+def test_healthz_says_503_while_the_database_is_down_and_the_node_serves_after(
+    tmp_path: Path, test_model: Path
+) -> None:
+    database = Postgres(Path("/tmp") / f"mgn-pg-health-{os.getpid()}").start()
+    try:
+        config_path, config = node_config(tmp_path, test_model, node={"database_url": database.url})
+        node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+        health = f"http://127.0.0.1:{config['node']['http_port']}/healthz"
+        try:
+            wait_for(lambda: _get(health)[0] == 200, timeout=180, what="a healthy node")
+            database.stop()
+            status, body = wait_for(
+                lambda: (answer := _get(health))[0] == 503 and answer, timeout=60, what="503"
+            )
+            assert body["status"] == "unavailable" and body["database_reachable"] is False
+            assert body["workers_alive"] >= 1  # the workers are fine; the index is not
+            database.start()
+            wait_for(lambda: _get(health)[0] == 200, timeout=60, what="healthy again")
+            # ... and it does its work again: a CR sent now gets its report.
+            cr = make_cr_study(tmp_path / "in", patient_id="HEALTH-1")
+            assert storescu(config["node"]["port"], [cr], called="MEDGEMMA").returncode == 0
+            index = Index(database.url)
+            try:
+                jobs = wait_for(
+                    lambda: [j for j in index.jobs() if j.state == JobState.DONE],
+                    timeout=180,
+                    what="the CR's job after the database came back",
+                )
+            finally:
+                index.close()
+            assert len(jobs) == 1, node.log()
+        finally:
+            node.stop()
+    finally:
+        database.stop()
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_study_gets_one_result(
+    tmp_path: Path, test_model: Path
+) -> None:
+    config_path, config = node_config(tmp_path, test_model, node={"stable_seconds": 1})
+    index = Index(load_settings(config_path).node.resolved_database_url)
+    node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+    try:
+        assert node.process is not None
+        workers = wait_for(lambda: _children(node.process.pid), timeout=60, what="a worker")
+        ct = make_ct_series(tmp_path / "ct", n_slices=60)
+        assert storescu(config["node"]["port"], ct, called="MEDGEMMA").returncode == 0
+        running = wait_for(
+            lambda: [j for j in index.jobs() if j.state == JobState.RUNNING],
+            timeout=120,
+            what="the CT job to start",
+            every=0.02,
+        )
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        (job,) = running
+        done = wait_for(
+            lambda: [j for j in index.jobs() if j.state == JobState.DONE],
+            timeout=240,
+            what="the job to finish on the restarted worker",
+        )
+        log = node.log(None)
+    finally:
+        node.stop()
+    assert [j.id for j in done] == [job.id] and len(index.jobs()) == 1, log
+    assert "died (exit -9); restarting it" in log
+    # One report, from the second run: the first died before it wrote anything.
+    reports = list((tmp_path / "node-data").rglob("*.dcm"))
+    results = [p for p in reports if dcmread(p, stop_before_pixels=True).Modality == "SR"]
+    assert len(results) == 1 and [str(results[0])] == done[0].result_paths
+    index.close()
+
+
+def test_a_failing_model_is_retried_with_doubling_waits_then_failed_visibly(
+    tmp_path: Path, test_model: Path
+) -> None:
+    """A served model that can't be reached: each run raises; the job waits retry_seconds,
+    then twice that, and fails after max_attempts with the reason, in ``jobs``,
+    ``/api/studies`` and the audit trail."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    config_path, config = node_config(
+        tmp_path,
+        test_model,
+        node={"stable_seconds": 1, "max_attempts": 3, "retry_seconds": 1},
+        model={"engine": "openai", "url": dead, "retries": 0, "timeout_seconds": 5},
+    )
+    settings = load_settings(config_path)
+    index = Index(settings.node.resolved_database_url)
+    node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+    try:
+        cr = make_cr_study(tmp_path / "in", patient_id="FAIL-1")
+        assert storescu(config["node"]["port"], [cr], called="MEDGEMMA").returncode == 0
+        (job,) = wait_for(
+            lambda: [j for j in index.jobs() if j.state == JobState.FAILED],
+            timeout=120,
+            what="the job to fail",
+        )
+        status, studies = _get(f"http://127.0.0.1:{config['node']['http_port']}/api/studies")
+    finally:
+        node.stop()
+    assert job.attempts == 3 and job.error and "cannot reach the model endpoint" in job.error
+    listed = subprocess.run(
+        [sys.executable, "-m", "node.cli", "jobs", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"{job.id}\tfailed\tcxr-report" in listed.stdout and "attempts=3" in listed.stdout
+    assert status == 200
+    (study,) = studies
+    assert study["study_instance_uid"] == str(dcmread(cr, stop_before_pixels=True).StudyInstanceUID)
+    assert "cannot reach the model endpoint" in json.dumps(study)
+    audit_path = settings.node.resolved_audit_log
+    assert audit_path is not None
+    events = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    runs = [e for e in events if e["event"] == "model-run" and e["job_id"] == job.id]
+    assert [run["attempt"] for run in runs] == [1, 2, 3], runs
+    assert all("cannot reach the model endpoint" in run["error"] for run in runs)
+    # The waits double: retry_seconds (1 s) after the first run, twice that after the second.
+    at = [datetime.fromisoformat(run["time"].replace("Z", "+00:00")) for run in runs]
+    assert (at[1] - at[0]).total_seconds() >= 1.0
+    assert (at[2] - at[1]).total_seconds() >= 2.0

@@ -18,9 +18,9 @@ import yaml
 
 from bench.ingest import _send
 from fixtures.series import make_ct_series
-from node.testing.checkpoint import build_test_model
 from node.store.index import Index
 from node.store.models import JobState
+from node.testing.checkpoint import build_test_model
 from tests.peers import NodeProcess, free_port, wait_for
 
 TARGET = 1.5

@@ -14,7 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import requests
 from pydicom import dcmread
+from pynetdicom import AE
 
 from fixtures.series import make_cr_study, make_ct_series
 from node.config import load_settings
@@ -55,11 +57,33 @@ def test_healthz_says_503_while_the_database_is_down_and_the_node_serves_after(
             )
             assert body["status"] == "unavailable" and body["database_reachable"] is False
             assert body["workers_alive"] >= 1  # the workers are fine; the index is not
+            # An instance arriving now is refused, by C-STORE and by STOW-RS, to be sent again.
+            cr = make_cr_study(tmp_path / "in", patient_id="HEALTH-1")
+            uid = str(dcmread(cr, stop_before_pixels=True).SOPInstanceUID)
+            assert _send_each(config["node"]["port"], [cr]) == {uid: 0xA700}
+            # One plain POST: dicomweb-client would retry the 503 with an emptied body.
+            boundary = "mgn-boundary"
+            body = (
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                + cr.read_bytes()
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            refused = requests.post(
+                f"http://127.0.0.1:{config['node']['http_port']}/dicom-web/studies",
+                data=body,
+                headers={
+                    "Content-Type": f'multipart/related; type="application/dicom"; '
+                    f"boundary={boundary}"
+                },
+                timeout=60,
+            )
+            assert refused.status_code == 503, refused.text
+            assert node.log(None).count(" not filed: the index can't take it") == 2
+            assert not list((tmp_path / "node-data" / "spool").rglob("*.dcm"))
             database.start()
             wait_for(lambda: _get(health)[0] == 200, timeout=60, what="healthy again")
-            # ... and it does its work again: a CR sent now gets its report.
-            cr = make_cr_study(tmp_path / "in", patient_id="HEALTH-1")
-            assert storescu(config["node"]["port"], [cr], called="MEDGEMMA").returncode == 0
+            # ... and it does its work again: the CR sent again gets its report.
+            assert _send_each(config["node"]["port"], [cr]) == {uid: 0x0000}
             index = Index(database.url)
             try:
                 jobs = wait_for(
@@ -162,3 +186,72 @@ def test_a_failing_model_is_retried_with_doubling_waits_then_failed_visibly(
     at = [datetime.fromisoformat(run["time"].replace("Z", "+00:00")) for run in runs]
     assert (at[1] - at[0]).total_seconds() >= 1.0
     assert (at[2] - at[1]).total_seconds() >= 2.0
+
+
+def _send_each(port: int, files: list[Path]) -> dict[str, int]:
+    """C-STORE each file on one association; the status of each, by SOP Instance UID."""
+    ae = AE(ae_title="MODALITY")
+    for sop_class in {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in files}:
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDGEMMA")
+    assert assoc.is_established
+    statuses: dict[str, int] = {}
+    try:
+        for path in files:
+            ds = dcmread(path)
+            status = assoc.send_c_store(ds)
+            statuses[str(ds.SOPInstanceUID)] = int(status.Status) if "Status" in status else -1
+    finally:
+        assoc.release()
+    return statuses
+
+
+def test_a_full_disk_refuses_with_a700_leaves_nothing_half_written_and_serving_resumes(
+    tmp_path: Path, test_model: Path
+) -> None:
+    """The node's data directory on a small tmpfs that really fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], check=True)
+    try:
+        config_path, config = node_config(
+            tmp_path, test_model, node={"data_dir": str(disk / "data"), "stable_seconds": 600}
+        )
+        settings = load_settings(config_path)
+        node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+        try:
+            ct = make_ct_series(tmp_path / "ct", n_slices=10, marker=False)  # ~0.5 MB each
+            # Leave about three slices' room, then send ten.
+            free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+            filler = disk / "filler"
+            filler.write_bytes(b"\0" * max(0, free - 1_700_000))
+            first = _send_each(config["node"]["port"], ct)
+            acknowledged = {uid for uid, status in first.items() if status == 0x0000}
+            refused = {uid for uid, status in first.items() if status != 0x0000}
+            assert acknowledged and refused, first
+            assert {first[uid] for uid in refused} == {0xA700}  # Out of Resources
+            spool = settings.node.data_dir / "spool"
+            assert not list(spool.rglob(".incoming-*"))  # no partial file left
+            index = Index(settings.node.resolved_database_url)
+            assert index.known_sop_uids() == acknowledged
+            assert len(list(spool.rglob("*.dcm"))) == len(acknowledged)
+            log = node.log(None)
+            assert log.count(" not filed: ") == len(refused), log[-3000:]
+            assert "Traceback" not in log
+            # The fault goes away; the sender sends the rest again and the node takes them.
+            filler.unlink()
+            again = _send_each(
+                config["node"]["port"],
+                [
+                    p
+                    for p in ct
+                    if str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) in refused
+                ],
+            )
+            assert set(again.values()) == {0x0000}, again
+            assert index.known_sop_uids() == acknowledged | refused
+            index.close()
+        finally:
+            node.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -25,7 +25,7 @@ from node import metrics
 from node.audit import AuditEvent, AuditLog
 from node.config import NodeSettings, Peer, TlsSettings
 from node.priors.cache import PriorCache, write_instance
-from node.store.ingest import Ingest, read_wire_header
+from node.store.ingest import Ingest, NotFiled, read_wire_header
 from node.store.meta import InvalidInstance, UnreadableData
 from node.store.part10 import part10_prefix
 
@@ -453,8 +453,12 @@ class StorageSCP:
             unreadable = isinstance(e, UnreadableData)
             metrics.instance_refused("unreadable" if unreadable else "invalid")
             return CANNOT_UNDERSTAND if unreadable else DATASET_DOES_NOT_MATCH_SOP_CLASS
-        except Exception:
+        except NotFiled as e:
             # Disk full, database down: the sender keeps the instance and retries later.
+            log.error("C-STORE of %s from %s at %s not filed: %s", sop_uid, calling, address, e)
+            metrics.instance_refused("not-filed")
+            return OUT_OF_RESOURCES
+        except Exception:
             log.exception(
                 "C-STORE of %s from %s at %s could not be filed", sop_uid, calling, address
             )

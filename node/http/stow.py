@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from node import metrics
 from node.audit import AuditEvent, AuditLog
 from node.dimse.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
-from node.store.ingest import Ingest, read_header
+from node.store.ingest import Ingest, NotFiled, read_header
 from node.store.meta import InvalidInstance, UnreadableData
 
 if TYPE_CHECKING:
@@ -216,8 +216,12 @@ class _Storer:
                 _Failure(sop_class, sop_instance, reason), "unreadable" if unreadable else "invalid"
             )
             return
-        except Exception:
+        except NotFiled as e:
             # Disk full, database down: the sender keeps the instance and retries later.
+            log.error("%s (instance %s) not filed: %s", where, sop_instance, e)
+            self._refuse(_Failure(sop_class, sop_instance, OUT_OF_RESOURCES), "not-filed")
+            return
+        except Exception:
             log.exception("%s (instance %s) could not be filed", where, sop_instance)
             self._refuse(_Failure(sop_class, sop_instance, OUT_OF_RESOURCES), "not-filed")
             return

@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
+from sqlalchemy.exc import SQLAlchemyError
 
 from node import metrics
 from node.store.index import Filed, Index
@@ -63,6 +64,19 @@ def read_header(source: bytes | Path) -> Dataset:
         raise UnreadableData(f"not a readable DICOM data set ({type(e).__name__}: {e})") from e
 
 
+class NotFiled(RuntimeError):
+    """A good instance that can't be stored now (disk full, index unreachable).
+
+    Nothing of it is left behind; the sender keeps it and sends it again later. The message
+    is one line naming the cause, for one log line per refused instance.
+    """
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class Ingest:
     def __init__(self, spool: Spool, index: Index, *, reopen_on_late: bool) -> None:
         self.spool = spool
@@ -97,10 +111,20 @@ class Ingest:
         return meta, self._file(meta, prefix, dataset.getbuffer())
 
     def _file(self, meta: InstanceMeta, *chunks: bytes | memoryview) -> Filed:
+        """Spool, then index; NotFiled (with nothing new left on disk) when either fails."""
         path = self.spool.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
-        self.spool.write(path, *chunks)
+        existed = path.exists()  # an earlier, acknowledged copy must survive a failure now
+        try:
+            self.spool.write(path, *chunks)
+        except OSError as e:
+            raise NotFiled(f"the spool can't take it: {e.strerror or e}") from e
         reopen = self.reopen_on_late and not meta.is_own_result
-        filed = self.index.file_instance(meta, str(path), reopen=reopen)
+        try:
+            filed = self.index.file_instance(meta, str(path), reopen=reopen)
+        except SQLAlchemyError as e:
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise NotFiled(f"the index can't take it: {_first_line(e)}") from e
         metrics.instance_received(meta.modality)
         return filed
 

@@ -255,3 +255,34 @@ def test_a_full_disk_refuses_with_a700_leaves_nothing_half_written_and_serving_r
             node.stop()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_moved_instance_no_retrieval_waits_for_is_refused_and_nothing_filed(
+    tmp_path: Path, test_model: Path
+) -> None:
+    """A C-STORE naming this node as its move originator, with no prior retrieval running:
+    refused with a reason in the log, neither spooled as new work nor cached as a prior."""
+    config_path, config = node_config(tmp_path, test_model, node={"stable_seconds": 600})
+    settings = load_settings(config_path)
+    node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+    try:
+        cr = make_cr_study(tmp_path / "in", patient_id="MOVED-1")
+        ds = dcmread(cr)
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(ds.SOPClassUID)
+        assoc = ae.associate("127.0.0.1", config["node"]["port"], ae_title="MEDGEMMA")
+        assert assoc.is_established
+        try:
+            moved = assoc.send_c_store(ds, originator_aet="MEDGEMMA", originator_id=7)
+        finally:
+            assoc.release()
+        log = node.log(None)
+    finally:
+        node.stop()
+    assert int(moved.Status) == 0xA900, moved
+    assert f"refused C-MOVE'd {ds.SOPInstanceUID} from PACS: no retrieval of study" in log
+    index = Index(settings.node.resolved_database_url)
+    assert index.known_sop_uids() == set()
+    index.close()
+    data = settings.node.data_dir
+    assert not [p for p in data.rglob("*") if p.is_file() and p.suffix in (".dcm", ".tmp")]

@@ -8,6 +8,7 @@ import errno
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import requests
 
 from fixtures.series import make_cr_study
 from node.config import TlsSettings
-from node.dimse.scp import TlsSetupError, server_tls_context
+from node.dimse.scp import TLS_HANDSHAKE_TIMEOUT, TlsSetupError, server_tls_context
 from node.store.index import Index
 from tests.conftest import node_config, storescu
 from tests.peers import NodeProcess, free_port, serve_until_exit, wait_for
@@ -219,6 +220,31 @@ def test_tls_store_with_dcmtk(tls_only: Node, pki: Pki, tmp_path: Path) -> None:
     assert "(plain DICOM)" not in log  # TLS took node.port
     [accepted, *_] = tls_only.audit("association-accepted")
     assert accepted["tls"] in ("TLSv1.2", "TLSv1.3")
+
+
+def test_a_silent_tls_client_neither_blocks_others_nor_stays_forever(
+    tls_only: Node, pki: Pki, tmp_path: Path
+) -> None:
+    """A client that connects to the TLS port and never starts its handshake: another
+    sender is served meanwhile, and the silent connection is closed after the handshake
+    limit (TLS_HANDSHAKE_TIMEOUT, 30 s)."""
+    port = tls_only.config["node"]["port"]
+    silent = socket.create_connection(("127.0.0.1", port), timeout=5)
+    opened = time.monotonic()
+    try:
+        path, sop_uid = _cr(tmp_path / "beside-a-silent-client")
+        sent = storescu(port, [path], extra=_tls_args(pki, cert=None, key=None))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert sop_uid in tls_only.sop_uids()
+        silent.settimeout(TLS_HANDSHAKE_TIMEOUT + 30)
+        try:
+            closed = silent.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        waited = time.monotonic() - opened
+    finally:
+        silent.close()
+    assert closed and waited >= TLS_HANDSHAKE_TIMEOUT - 1, waited
 
 
 def test_plain_dicom_to_the_tls_port_is_refused(tls_only: Node, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ bench: install install-peers
 	$(BIN)/python -m bench.pipeline
 	$(BIN)/python -m bench.encoding
 	$(BIN)/python -m bench.longitudinal
+	$(BIN)/python -m bench.soak
 
 # On a CUDA host: MedGemma 1.5 4B's architecture, random weights (bench/results/gpu.json).
 bench-gpu: install

@@ -13,7 +13,8 @@ from tests.peers import serve_until_exit
 
 def test_serve_stops_with_a_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-checkpoint"
-    config_path, _ = node_config(tmp_path, missing)
+    # MedGemma asked for at a path that isn't there (the test engine would build one there).
+    config_path, _ = node_config(tmp_path, missing, model={"engine": "transformers"})
     result = serve_until_exit(config_path)
     assert result.returncode == 1
     assert str(missing) in result.stderr

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any
 import requests
 from pydicom import dcmread
 from pynetdicom import AE
+from sqlalchemy import create_engine, text
 
 from fixtures.series import make_cr_study, make_ct_series
 from node.config import load_settings
@@ -39,6 +41,19 @@ def _get(url: str) -> tuple[int, Any]:
 def _children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(line) for line in found.stdout.split()]
+
+
+def _workers(pid: int) -> list[int]:
+    """The node's worker processes: its children but multiprocessing's resource tracker."""
+    workers = []
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in command:
+            workers.append(child)
+    return workers
 
 
 def test_healthz_says_503_while_the_database_is_down_and_the_node_serves_after(
@@ -108,7 +123,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_study_gets_one_result(
     node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
     try:
         assert node.process is not None
-        workers = wait_for(lambda: _children(node.process.pid), timeout=60, what="a worker")
+        workers = wait_for(lambda: _workers(node.process.pid), timeout=60, what="a worker")
         ct = make_ct_series(tmp_path / "ct", n_slices=60)
         assert storescu(config["node"]["port"], ct, called="MEDGEMMA").returncode == 0
         running = wait_for(
@@ -286,3 +301,92 @@ def test_a_moved_instance_no_retrieval_waits_for_is_refused_and_nothing_filed(
     index.close()
     data = settings.node.data_dir
     assert not [p for p in data.rglob("*") if p.is_file() and p.suffix in (".dcm", ".tmp")]
+
+
+def test_a_node_killed_mid_job_leaves_it_to_the_other_node_after_the_lease(
+    tmp_path: Path, test_model: Path, postgres: Postgres
+) -> None:
+    """Two nodes on one PostgreSQL. The one running a CT job is SIGKILLed, worker and all:
+    the other node takes the job when its lease runs out, and the study has one report."""
+    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text("DROP DATABASE IF EXISTS lease_handover"))
+        connection.execute(text("CREATE DATABASE lease_handover"))
+    admin.dispose()
+    url = postgres.url.rsplit("/", 1)[0] + "/lease_handover"
+    first_path, first = node_config(
+        tmp_path / "a", test_model, node={"database_url": url, "stable_seconds": 1}
+    )
+    second_path, second = node_config(
+        tmp_path / "b", test_model, node={"database_url": url, "stable_seconds": 1}
+    )
+    index = Index(url)
+    a = NodeProcess(first_path, tmp_path / "a.log", first["node"]["port"]).start()
+    b: NodeProcess | None = None
+    try:
+        assert a.process is not None
+        ct = make_ct_series(tmp_path / "ct", n_slices=60)
+        assert storescu(first["node"]["port"], ct, called="MEDGEMMA").returncode == 0
+        (job,) = wait_for(
+            lambda: [j for j in index.jobs() if j.state == JobState.RUNNING],
+            timeout=120,
+            what="node A to start the CT job",
+            every=0.05,
+        )
+        b = NodeProcess(second_path, tmp_path / "b.log", second["node"]["port"]).start()
+        for pid in [*_children(a.process.pid), a.process.pid]:
+            os.kill(pid, signal.SIGKILL)
+        a.process.wait(timeout=30)
+        (done,) = wait_for(
+            lambda: [j for j in index.jobs() if j.state == JobState.DONE],
+            timeout=240,
+            what="node B to take the job after its lease",
+        )
+    finally:
+        if b is not None:
+            b.stop()
+        a.stop()
+    assert done.id == job.id and len(index.jobs()) == 1
+    assert done.attempts == 2 and done.worker != job.worker
+    reports = [
+        p
+        for p in tmp_path.rglob("*.dcm")
+        if "ct" not in p.parts and dcmread(p, stop_before_pixels=True).Modality == "SR"
+    ]
+    assert [str(p) for p in reports] == done.result_paths
+    index.close()
+
+
+def test_healthz_says_503_while_no_worker_process_is_alive(
+    tmp_path: Path, test_model: Path
+) -> None:
+    """Between a worker's death and its restart (the supervisor looks every second) the
+    node has no worker: /healthz says so, then is healthy again."""
+    config_path, config = node_config(tmp_path, test_model)
+    node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+    health = f"http://127.0.0.1:{config['node']['http_port']}/healthz"
+    try:
+        assert node.process is not None
+        seen: list[tuple[int, Any]] = []
+        for _ in range(3):  # the gap lasts up to a second; tries again if it was too short
+            # Ready, not just alive: a worker that dies before its model is loaded stops the
+            # node (it could never work).
+            wait_for(
+                lambda: (answer := _get(health))[0] == 200 and answer[1]["workers_ready"] >= 1,
+                timeout=180,
+                what="a worker with its model loaded",
+            )
+            workers = _workers(node.process.pid)
+            stop_at = time.monotonic() + 2.5
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            while time.monotonic() < stop_at:
+                seen.append(_get(health))
+                time.sleep(0.005)
+            if any(code == 503 for code, _ in seen):
+                break
+        wait_for(lambda: _get(health)[0] == 200, timeout=180, what="healthy again")
+    finally:
+        node.stop()
+    gaps = [body for code, body in seen if code == 503]
+    assert gaps and all(b["workers_alive"] == 0 and b["database_reachable"] for b in gaps)

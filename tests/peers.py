@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -218,6 +220,17 @@ class Postgres:
         wait_for(lambda: port_open(self.port), timeout=30, what="PostgreSQL to listen")
         return self
 
+    def fresh_database(self, name: str) -> str:
+        """An empty database ``name`` on this cluster (dropped first if there); its URL."""
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def _initdb(self, bin_dir: Path, data: Path) -> None:
         subprocess.run(
             self._as_postgres(
@@ -317,4 +330,23 @@ def serve_until_exit(config_path: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
+    )
+
+
+def stow_post(http_port: int, part10: bytes) -> requests.Response:
+    """One instance by STOW-RS to a node, as one plain POST (dicomweb-client retries a 503
+    with an emptied body, which would hide the answer)."""
+    boundary = "mgn-boundary"
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + part10
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return requests.post(
+        f"http://127.0.0.1:{http_port}/dicom-web/studies",
+        data=body,
+        headers={
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+        },
+        timeout=60,
     )

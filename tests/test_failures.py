@@ -15,17 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from pydicom import dcmread
 from pynetdicom import AE
-from sqlalchemy import create_engine, text
 
 from fixtures.series import make_cr_study, make_ct_series
 from node.config import load_settings
 from node.store.index import Index
 from node.store.models import JobState
 from tests.conftest import node_config, storescu
-from tests.peers import NodeProcess, Postgres, free_port, wait_for
+from tests.peers import NodeProcess, Postgres, free_port, stow_post, wait_for
 
 
 def _get(url: str) -> tuple[int, Any]:
@@ -76,22 +74,7 @@ def test_healthz_says_503_while_the_database_is_down_and_the_node_serves_after(
             cr = make_cr_study(tmp_path / "in", patient_id="HEALTH-1")
             uid = str(dcmread(cr, stop_before_pixels=True).SOPInstanceUID)
             assert _send_each(config["node"]["port"], [cr]) == {uid: 0xA700}
-            # One plain POST: dicomweb-client would retry the 503 with an emptied body.
-            boundary = "mgn-boundary"
-            body = (
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                + cr.read_bytes()
-                + f"\r\n--{boundary}--\r\n".encode()
-            )
-            refused = requests.post(
-                f"http://127.0.0.1:{config['node']['http_port']}/dicom-web/studies",
-                data=body,
-                headers={
-                    "Content-Type": f'multipart/related; type="application/dicom"; '
-                    f"boundary={boundary}"
-                },
-                timeout=60,
-            )
+            refused = stow_post(config["node"]["http_port"], cr.read_bytes())
             assert refused.status_code == 503, refused.text
             assert node.log(None).count(" not filed: the index can't take it") == 2
             assert not list((tmp_path / "node-data" / "spool").rglob("*.dcm"))
@@ -308,12 +291,7 @@ def test_a_node_killed_mid_job_leaves_it_to_the_other_node_after_the_lease(
 ) -> None:
     """Two nodes on one PostgreSQL. The one running a CT job is SIGKILLed, worker and all:
     the other node takes the job when its lease runs out, and the study has one report."""
-    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS lease_handover"))
-        connection.execute(text("CREATE DATABASE lease_handover"))
-    admin.dispose()
-    url = postgres.url.rsplit("/", 1)[0] + "/lease_handover"
+    url = postgres.fresh_database("lease_handover")
     first_path, first = node_config(
         tmp_path / "a", test_model, node={"database_url": url, "stable_seconds": 1}
     )

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import requests
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
@@ -28,7 +27,7 @@ from node.config import load_settings
 from node.store.index import Index
 from node.store.models import JobState
 from tests.conftest import node_config
-from tests.peers import NodeProcess, wait_for
+from tests.peers import NodeProcess, stow_post, wait_for
 
 SEED = 20261202
 MUTANTS_BY_DIMSE = 200
@@ -174,22 +173,8 @@ def test_hundreds_of_malformed_instances_get_answers_and_the_good_ones_arrive(
         for path in pending_good:
             assert int(assoc.send_c_store(path).Status) == 0x0000  # type: ignore[attr-defined]
         assoc.release()  # type: ignore[attr-defined]
-        boundary = "fuzz-boundary"
         for path in by_stow:
-            body = (
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                + path.read_bytes()
-                + f"\r\n--{boundary}--\r\n".encode()
-            )
-            stow = requests.post(
-                f"http://127.0.0.1:{http_port}/dicom-web/studies",
-                data=body,
-                headers={
-                    "Content-Type": f'multipart/related; type="application/dicom"; '
-                    f"boundary={boundary}"
-                },
-                timeout=60,
-            )
+            stow = stow_post(http_port, path.read_bytes())
             stow_codes.append(stow.status_code)
         index = Index(settings.node.resolved_database_url)
         try:

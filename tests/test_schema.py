@@ -13,7 +13,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pydicom import dcmread
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from fixtures.series import make_cr_study
@@ -45,12 +45,7 @@ def test_migrations_build_exactly_the_models_schema_on_sqlite(tmp_path: Path) ->
 
 
 def test_migrations_build_exactly_the_models_schema_on_postgresql(postgres: Postgres) -> None:
-    admin = create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text("DROP DATABASE IF EXISTS schema_check"))
-        connection.execute(text("CREATE DATABASE schema_check"))
-    admin.dispose()
-    url = postgres.url.rsplit("/", 1)[0] + "/schema_check"
+    url = postgres.fresh_database("schema_check")
     Index(url).close()
     Index(url).close()  # a second node starting on it finds it current
     assert _differences(url) == []

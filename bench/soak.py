@@ -30,17 +30,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from bench.pipeline import machine
+from node.config import load_settings
 from node.store.index import Index
 from node.store.models import JobState
 from node.testing.checkpoint import build_test_model
-from tests.peers import NodeProcess, free_port, wait_for
+from tests.conftest import node_config
+from tests.peers import NodeProcess, wait_for
 
 SENDERS = 8
 CT_SLICES = 100
@@ -159,23 +160,13 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mgn-bench-soak-"))
     try:
         model = build_test_model(work / "model")
-        port = free_port()
-        config = work / "node.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "node": {
-                        "port": port,
-                        "http_port": free_port(),
-                        "data_dir": str(work / "data"),
-                        "stable_seconds": 2,
-                    },
-                    "model": {"engine": "test", "path": str(model), "max_new_tokens": 80},
-                    "localization": {"enabled": False},
-                    "outputs": ["sr"],
-                }
-            )
+        config, settings = node_config(
+            work,
+            model,
+            localization={"enabled": False},
+            outputs=["sr"],
         )
+        port = settings["node"]["port"]
         node = NodeProcess(config, work / "node.log", port).start()
         assert node.process is not None
         templates = {"cr": _template("RG1_UNCR.dcm"), "ct": _template("CT_small.dcm")}
@@ -193,7 +184,7 @@ def main() -> int:
             for thread in threads:
                 thread.join()
             sent_seconds = time.monotonic() - started
-            index = Index(f"sqlite:///{work / 'data' / 'index.sqlite'}")
+            index = Index(load_settings(config).node.resolved_database_url)
             studies = {uid for s in senders for uid in s.studies}
 
             def finished() -> bool:

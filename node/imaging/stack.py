@@ -465,9 +465,13 @@ def _drop_duplicate_positions(stack: list[Frame], log: DropLog) -> list[Frame]:
 
 
 def _duplicate_preference(item: Frame) -> tuple[int, int, int, str]:
-    instance = item.header.get("InstanceNumber")
-    number = int(instance) if instance is not None and str(instance).strip() != "" else 1 << 30
-    return 0 if item.original else 1, number, item.frame_index or 0, item.label
+    number = _instance_number(item)
+    return (
+        0 if item.original else 1,
+        1 << 30 if number is None else number,
+        item.frame_index or 0,
+        item.label,
+    )
 
 
 # --- direction ---------------------------------------------------------------------

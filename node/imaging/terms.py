@@ -12,7 +12,7 @@ in the way its caller chooses.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -102,17 +102,13 @@ def slide_tissue(ds: Dataset) -> Term:
         text = _flat(specimen.get("SpecimenShortDescription"))
         if text:
             return Term(text.lower(), "SpecimenShortDescription")
-        for structure in specimen.get("PrimaryAnatomicStructureSequence", []):
-            meaning = _flat(structure.get("CodeMeaning"))
-            if meaning:
-                return Term(meaning.lower(), "PrimaryAnatomicStructureSequence")
+        if meaning := _first_meaning(specimen.get("PrimaryAnatomicStructureSequence")):
+            return Term(meaning.lower(), "PrimaryAnatomicStructureSequence")
     body_part = _flat(ds.get("BodyPartExamined"))
     if body_part:
         return Term(body_part.lower(), "BodyPartExamined")
-    for region in ds.get("AnatomicRegionSequence", []):
-        meaning = _flat(region.get("CodeMeaning"))
-        if meaning:
-            return Term(meaning.lower(), "AnatomicRegionSequence")
+    if meaning := _first_meaning(ds.get("AnatomicRegionSequence")):
+        return Term(meaning.lower(), "AnatomicRegionSequence")
     return NOT_GIVEN
 
 
@@ -121,10 +117,8 @@ def slide_procedure(ds: Dataset) -> Term:
     procedure named in the StudyDescription."""
     for meaning in _collection_procedures(ds):
         return Term(meaning.lower(), "SpecimenPreparationSequence (Specimen Collection)")
-    for code in ds.get("ProcedureCodeSequence", []):
-        meaning = _flat(code.get("CodeMeaning"))
-        if meaning:
-            return Term(meaning.lower(), "ProcedureCodeSequence")
+    if meaning := _first_meaning(ds.get("ProcedureCodeSequence")):
+        return Term(meaning.lower(), "ProcedureCodeSequence")
     description = _flat(ds.get("StudyDescription")).lower()
     for word in _PROCEDURE_WORDS:
         if re.search(rf"\b{word}\b", description):
@@ -147,6 +141,11 @@ def _collection_procedures(ds: Dataset) -> Iterator[str]:
                 meaning = _flat(values[0].get("CodeMeaning"))
                 if named and meaning:
                     yield meaning
+
+
+def _first_meaning(codes: Sequence[Dataset] | None) -> str:
+    """The first non-blank CodeMeaning of a code sequence; "" when there is none."""
+    return next((m for code in codes or [] if (m := _flat(code.get("CodeMeaning")))), "")
 
 
 def _flat(value: object) -> str:

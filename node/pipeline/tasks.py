@@ -353,6 +353,16 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             region=region.text,
             max_new_tokens=job.token_limit,
         )
+        # What was sent and how it was derived: in meta.json and the job record alike.
+        sent: dict[str, object] = {
+            "slice_indices": volume.slice_indices,
+            "plane": volume.plane,
+            "resampled": volume.resampled,
+            "geometry": volume.geometry,
+            "padding": volume.padding.as_dict(),
+            "region": region.as_record(),
+            **_context_record(context),
+        }
         answer = _generate(
             engine,
             prompt,
@@ -360,15 +370,9 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             meta={
                 "task": job.task.value,
                 "series_instance_uid": series_uid,
-                "slice_indices": volume.slice_indices,
                 "z_positions": volume.z_positions,
-                "plane": volume.plane,
-                "resampled": volume.resampled,
-                "geometry": volume.geometry,
-                "padding": volume.padding.as_dict(),
-                "region": region.as_record(),
                 "notes": volume.notes,
-                **_context_record(context),
+                **sent,
             },
         )
         text = strip_thinking(answer) or answer
@@ -393,18 +397,12 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
         record: dict[str, object] = {
             "series": series_uid,
             "slices_sent": len(volume.images),
-            "slice_indices": volume.slice_indices,
-            "plane": volume.plane,
-            "resampled": volume.resampled,
-            "geometry": volume.geometry,
-            "padding": volume.padding.as_dict(),
-            "region": region.as_record(),
             "verdict": verdict,
             "findings": [f.label for f in named.findings],
             "cited_slices": named.cited,
             "notes": list(volume.notes) + errors + named.notes + _resampled_note(volume),
             "other_series": [uid for uid, _ in ranked if uid != series_uid],
-            **_context_record(context),
+            **sent,
         }
         return TaskOutcome(results=[sr], record=record)
     raise InputError("no series could be assembled into a volume: " + "; ".join(errors))

@@ -18,6 +18,7 @@ where a database stands.
 from __future__ import annotations
 
 import logging
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -46,10 +47,15 @@ def _config(connection: Connection) -> Config:
     return config
 
 
+@cache
+def _script() -> ScriptDirectory:
+    """The migrations this release ships, read once per process (every Index asks)."""
+    return ScriptDirectory(str(MIGRATIONS))
+
+
 def head() -> str:
     """The newest revision this release knows."""
-    script = ScriptDirectory(str(MIGRATIONS))
-    revision = script.get_current_head()
+    revision = _script().get_current_head()
     if revision is None:
         raise SchemaError(f"no migrations in {MIGRATIONS}")
     return revision
@@ -93,8 +99,7 @@ def upgrade(engine: Engine) -> None:
 
 
 def _known_revisions() -> set[str]:
-    script = ScriptDirectory(str(MIGRATIONS))
-    return {revision.revision for revision in script.walk_revisions()}
+    return {revision.revision for revision in _script().walk_revisions()}
 
 
 def _lock(connection: Connection) -> None:

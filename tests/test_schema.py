@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from pydicom import dcmread
@@ -63,8 +64,12 @@ def test_an_index_from_a_newer_release_is_refused_by_name(tmp_path: Path) -> Non
 
 
 def _legacy_index(url: str, cr: Path, spool: Path) -> dict[str, int]:
-    """An index as a release before migrations left it: ``create_all``, then a routed CR
-    study with jobs in every state, and a skipped study. Returns job ids by state."""
+    """An index as a release before migrations left it: a routed CR study with jobs in
+    every state, and a skipped study, in the baseline schema (what that release's
+    ``create_all`` made) without ``alembic_version``. Returns job ids by state.
+
+    The rows are written with today's models, then the schema is migrated down to the
+    baseline, which also runs every downgrade on a populated index."""
     engine = make_engine(url)  # makes the data directory, as the node does
     Base.metadata.create_all(engine)
     ds = dcmread(cr, stop_before_pixels=True)
@@ -108,6 +113,11 @@ def _legacy_index(url: str, cr: Path, spool: Path) -> dict[str, int]:
         session.add_all(jobs.values())
         session.flush()
         ids = {state: job.id for state, job in jobs.items()}
+    with engine.begin() as connection:
+        config = schema._config(connection)
+        command.stamp(config, "head")
+        command.downgrade(config, "0001")
+        connection.execute(text("DROP TABLE alembic_version"))
     engine.dispose()
     return ids
 

@@ -19,7 +19,7 @@ from node.config import NodeSettings, Peer
 from node.dimse.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, StorageSCP
 from node.store.index import Index
 from node.store.ingest import Ingest
-from node.store.models import Instance
+from node.store.models import Instance, Study
 from node.store.spool import Spool
 from tests.conftest import echoscu, storescu
 from tests.peers import free_port
@@ -109,6 +109,15 @@ def test_every_encoding_is_stored_as_sent(scp: Scp, name: str) -> None:
     assert stored.PixelData == dcmread(path).PixelData
     # UIDs from the wire never become path components
     assert str(sent.SOPInstanceUID) not in instance.path
+    # What DICOMweb queries answer with is read off the wire in every encoding.
+    assert (instance.rows, instance.columns) == (sent.Rows, sent.Columns)
+    assert instance.instance_number == (
+        int(sent.InstanceNumber) if sent.get("InstanceNumber") not in (None, "") else None
+    )
+    with scp.index.session() as s:
+        study = s.query(Study).filter_by(study_uid=str(sent.StudyInstanceUID)).one()
+        assert study.patient_name == (str(sent.PatientName) if "PatientName" in sent else None)
+        assert study.study_date == (sent.get("StudyDate") or None)
 
 
 def test_duplicate_is_kept_once_and_not_new_work(scp: Scp) -> None:

@@ -23,6 +23,7 @@ from node.inference.request import Engine
 from node.pipeline.tasks import InputError, TaskInput, run_task
 from node.priors.lookup import PriorLookup
 from node.store.index import Index
+from node.store.meta import InstanceMeta
 from node.store.models import Job, JobState, utcnow
 
 log = logging.getLogger(__name__)
@@ -284,6 +285,18 @@ class Worker:
         }
         if not self.index.update_job(job.id, self.id, result_paths=paths, record=record):
             raise RuntimeError(f"lost the lease on job {job.id} while it ran")
+        self.index.file_results(
+            job.id,
+            [
+                (
+                    InstanceMeta.from_dataset(
+                        ds, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, calling_ae=None
+                    ),
+                    path,
+                )
+                for ds, path in zip(outcome.results, paths, strict=True)
+            ],
+        )
         return paths
 
     def _outputs_wanted(self) -> frozenset[Output]:

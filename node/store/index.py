@@ -41,6 +41,7 @@ from node.store.models import (
     Instance,
     Job,
     JobState,
+    ResultInstance,
     Series,
     Study,
     StudyState,
@@ -156,6 +157,10 @@ class Index:
                     "transfer_syntax_uid": meta.transfer_syntax_uid,
                     "path": path,
                     "received_at": now,
+                    "instance_number": meta.instance_number,
+                    "rows": meta.rows,
+                    "columns": meta.columns,
+                    "number_of_frames": meta.number_of_frames,
                 },
             )
             if inserted.rowcount == 0:
@@ -198,6 +203,14 @@ class Index:
                 study_uid=meta.study_uid,
                 patient_id=meta.patient_id,
                 accession_number=meta.accession_number,
+                patient_name=meta.patient_name,
+                patient_birth_date=meta.patient_birth_date,
+                patient_sex=meta.patient_sex,
+                study_date=meta.study_date,
+                study_time=meta.study_time,
+                study_description=meta.study_description,
+                referring_physician=meta.referring_physician,
+                dicom_study_id=meta.dicom_study_id,
                 state=StudyState.RECEIVING,
                 first_received=now,
                 last_received=now,
@@ -219,10 +232,46 @@ class Index:
                 image_type=meta.image_type,
                 sop_class_uid=meta.sop_class_uid,
                 calling_ae=meta.calling_ae,
+                series_number=meta.series_number,
             )
         )
         series_id = conn.scalar(select(Series.id).where(Series.series_uid == meta.series_uid))
         return int(series_id or 0)
+
+    def file_results(self, job_id: int, results: Sequence[tuple[InstanceMeta, str]]) -> None:
+        """Record the result objects a job wrote (at those paths), for DICOMweb to serve.
+
+        Filing the same object again (a job whose delivery is retried) changes nothing.
+        """
+        if not results:
+            return
+        with self._write_guard(), self.engine.begin() as conn:
+            study_id = conn.scalar(select(Job.study_id).where(Job.id == job_id))
+            if study_id is None:
+                raise KeyError(f"job {job_id} is not in the index")
+            conn.execute(
+                self._insert_ignore(ResultInstance, "sop_uid"),
+                [
+                    {
+                        "study_id": study_id,
+                        "job_id": job_id,
+                        "series_uid": meta.series_uid,
+                        "sop_uid": meta.sop_uid,
+                        "sop_class_uid": meta.sop_class_uid,
+                        "transfer_syntax_uid": meta.transfer_syntax_uid,
+                        "modality": meta.modality,
+                        "series_number": meta.series_number,
+                        "series_description": meta.series_description,
+                        "instance_number": meta.instance_number,
+                        "rows": meta.rows,
+                        "columns": meta.columns,
+                        "number_of_frames": meta.number_of_frames,
+                        "path": path,
+                        "created_at": utcnow(),
+                    }
+                    for meta, path in results
+                ],
+            )
 
     def known_sop_uids(self) -> set[str]:
         with self.session() as s:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydicom import Dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from node import MANUFACTURER
 
@@ -32,12 +33,25 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
+    if isinstance(value, PersonName):
+        return str(value)
     if keyword == "ImageType":
         return "\\".join(str(v) for v in (value if isinstance(value, list | tuple) else [value]))
     if not isinstance(value, str | int | float):
         # MultiValue and friends: keep DICOM's own backslash form
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+def _integer(ds: Dataset, keyword: str) -> int | None:
+    """An IS/US value as an int; None when absent or not a number (never a reason to refuse)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # What from_dataset reads: the receive path parses only these.
@@ -56,6 +70,20 @@ INDEXED_TAGS: list[BaseTag | int] = [
         "BodyPartExamined",
         "StudyInstanceUID",
         "SeriesInstanceUID",
+        # What DICOMweb queries and the worklist answer with (QIDO-RS's required keys).
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyDescription",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyID",
+        "SeriesNumber",
+        "InstanceNumber",
+        "NumberOfFrames",
+        "Rows",
+        "Columns",
     )
 ]
 
@@ -74,6 +102,20 @@ class InstanceMeta:
     series_description: str | None
     image_type: str | None
     calling_ae: str | None
+    # Study, series and instance attributes for queries; None when the instance lacks them.
+    patient_name: str | None = None
+    patient_birth_date: str | None = None
+    patient_sex: str | None = None
+    study_date: str | None = None
+    study_time: str | None = None
+    study_description: str | None = None
+    referring_physician: str | None = None
+    dicom_study_id: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int | None = None
     # One of this node's own result objects coming back (a PACS that routes everything):
     # filed, never treated as new work.
     is_own_result: bool = False
@@ -95,5 +137,18 @@ class InstanceMeta:
             series_description=_text(ds, "SeriesDescription"),
             image_type=_text(ds, "ImageType"),
             calling_ae=calling_ae,
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician=_text(ds, "ReferringPhysicianName"),
+            dicom_study_id=_text(ds, "StudyID"),
+            series_number=_integer(ds, "SeriesNumber"),
+            instance_number=_integer(ds, "InstanceNumber"),
+            rows=_integer(ds, "Rows"),
+            columns=_integer(ds, "Columns"),
+            number_of_frames=_integer(ds, "NumberOfFrames"),
             is_own_result=str(ds.get("Manufacturer", "")) == MANUFACTURER,
         )

@@ -40,6 +40,16 @@ class Study(Base):
     study_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
     accession_number: Mapped[str | None] = mapped_column(String(64))
+    # From the study's first instance, for DICOMweb queries and the worklist. Text, not
+    # VARCHAR(n): an over-long value from a sender must not stop the instance being filed.
+    patient_name: Mapped[str | None] = mapped_column(Text)
+    patient_birth_date: Mapped[str | None] = mapped_column(Text)
+    patient_sex: Mapped[str | None] = mapped_column(Text)
+    study_date: Mapped[str | None] = mapped_column(Text, index=True)
+    study_time: Mapped[str | None] = mapped_column(Text)
+    study_description: Mapped[str | None] = mapped_column(Text)
+    referring_physician: Mapped[str | None] = mapped_column(Text)
+    dicom_study_id: Mapped[str | None] = mapped_column(Text)  # StudyID (0020,0010)
     state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
     first_received: Mapped[datetime] = mapped_column(default=utcnow)
     last_received: Mapped[datetime] = mapped_column(default=utcnow)
@@ -65,6 +75,7 @@ class Series(Base):
     image_type: Mapped[str | None] = mapped_column(String(128))
     sop_class_uid: Mapped[str | None] = mapped_column(String(64))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -80,6 +91,10 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -111,3 +126,30 @@ class Job(Base):
     record: Mapped[dict[str, object] | None] = mapped_column(JSON)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
+
+
+class ResultInstance(Base):
+    """A result object the node made (SR, GSPS, SC), served by DICOMweb beside the study.
+
+    Kept apart from ``instances``: those are what senders delivered, and they drive
+    completeness and routing; the node's own results must never count as new work.
+    """
+
+    __tablename__ = "result_instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(Text)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

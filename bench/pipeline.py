@@ -61,7 +61,7 @@ RESULT_TIMEOUT = 240.0
 NODE_AET = "MEDGEMMA"
 MODALITY_AET = "MODALITY"
 
-# What the node logs (node/pipeline/tasks.py, node/studies/completeness.py,
+# What the node logs (node/pipeline/tasks/common.py, node/studies/completeness.py,
 # node/pipeline/worker.py), with logging's default asctime in front.
 ASCTIME = r"(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})"
 ANSWERED = re.compile(r" answered in (?P<seconds>\d+(?:\.\d+)?) s \(")

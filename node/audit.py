@@ -43,6 +43,14 @@ class AuditEvent(StrEnum):
     DEAD_LETTERED = "dead-lettered"
     RETRY_REQUESTED = "retry-requested"
     REPROCESS_REQUESTED = "reprocess-requested"
+    # A study fetched from the PACS (process command, HTTP or the watch), failures too.
+    STUDY_PULLED = "study-pulled"
+    # DICOMweb clients reading what the node holds: a QIDO-RS search (its level, the
+    # parameters with patient values withheld unless log_phi, how many matched) and a
+    # WADO-RS retrieve (which UIDs, what: instances, metadata, frames, bulkdata,
+    # rendered or thumbnail, how many instances).
+    DICOMWEB_QUERY = "dicomweb-query"
+    DICOMWEB_RETRIEVE = "dicomweb-retrieve"
 
 
 class RunOutcome(StrEnum):

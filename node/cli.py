@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``run``, ``jobs``, ``retry``, ``reprocess``, ``make-test-model``.
+"""Command line: ``serve``, ``run``, ``jobs``, ``retry``, ``reprocess``, ``process``,
+``make-test-model``.
 
 Thin: the work is in the packages.
 """
@@ -194,6 +195,30 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_process(args: argparse.Namespace) -> int:
+    """Fetch a study from the PACS and file it as if the PACS had sent it; routed at once."""
+    from node.studies.pull import PullError, pull_once
+
+    settings = _settings(args.config)
+    if settings.pacs is None:
+        print(
+            f"medgemma-node: no pacs is configured: nowhere to pull study {args.study} from",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        outcome = pull_once(settings, args.study, via="cli")
+    except PullError as e:
+        print(f"medgemma-node: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"pulled {outcome.instances} instance(s) of study {outcome.study_uid} by "
+        f"{outcome.method} ({outcome.new_instances} new); study {outcome.state}, "
+        f"job(s): {outcome.job_ids}"
+    )
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     """Bring the index to this release's schema, or say where it stands."""
     from node.store import schema
@@ -271,6 +296,14 @@ def parser() -> argparse.ArgumentParser:
     reprocess.add_argument("study", help="StudyInstanceUID")
     reprocess.add_argument("--config", type=Path, default=None)
     reprocess.set_defaults(func=cmd_reprocess)
+
+    process = commands.add_parser(
+        "process",
+        help="fetch a study from the PACS (WADO-RS, C-MOVE or C-GET) and run its tasks now",
+    )
+    process.add_argument("study", help="StudyInstanceUID")
+    process.add_argument("--config", type=Path, default=None)
+    process.set_defaults(func=cmd_process)
 
     db = commands.add_parser(
         "db", help="the index schema: upgrade it to this release's, or show where it stands"

@@ -11,6 +11,7 @@ from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -24,6 +25,8 @@ from pydantic import (
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# What node.viewer_url must contain; the worklist puts the study's UID there.
+VIEWER_PLACEHOLDER = "StudyInstanceUID"
 
 
 class Task(StrEnum):
@@ -94,6 +97,46 @@ class NodeSettings(_Strict):
     audit_log: Path | None = Path("audit.jsonl")
     # Patient names and IDs in application logs and the audit trail; otherwise UIDs only.
     log_phi: bool = False
+    # The worklist's "Open in viewer" link: a DICOMweb viewer's address with the placeholder
+    # {StudyInstanceUID}; None: no link.
+    viewer_url: str | None = None
+    # Web origins (scheme://host[:port]) whose pages may call the HTTP API and DICOMweb
+    # from a browser (CORS), e.g. a viewer served from another host; ["*"]: any; []: none.
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], without a path or "
+                    'a trailing slash (or "*" for any origin)'
+                )
+        return origins
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _viewer_link(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
+            raise ValueError(f"must start with http:// or https:// and a host, got {value!r}")
+        placeholders = set(re.findall(r"\{([^{}]*)\}", value))
+        if VIEWER_PLACEHOLDER not in placeholders:
+            raise ValueError(
+                f"must contain {{{VIEWER_PLACEHOLDER}}} where the study's UID goes, got {value!r}"
+            )
+        unknown = sorted(placeholders - {VIEWER_PLACEHOLDER})
+        if unknown:
+            raise ValueError(
+                f"only {{{VIEWER_PLACEHOLDER}}} is filled in; remove "
+                + ", ".join(f"{{{name}}}" for name in unknown)
+            )
+        return value
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> NodeSettings:
@@ -173,12 +216,35 @@ class ModelSettings(_Strict):
         return value
 
 
+class WatchSettings(_Strict):
+    """Polling an archive that can't push: recent studies the node hasn't got are pulled."""
+
+    enabled: bool = False
+    # None: the modalities the routing rules name (a rule without a modality adds none).
+    modalities: list[Annotated[str, Field(pattern=r"^[A-Z0-9_]{1,16}$")]] | None = None
+    interval_seconds: float = Field(default=60.0, gt=0)
+    # Studies whose StudyDate is today or up to this many days before (0: today only).
+    lookback_days: int = Field(default=1, ge=0)
+
+
 class PacsSettings(_Strict):
     ae_title: AETitle
     host: str
     port: Port
     dicomweb_url: str | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # How `process` and the watch pull a study. auto: WADO-RS with dicomweb_url, else
+    # C-MOVE to this node's own AE (the PACS must know it as a destination).
+    retrieve: Literal["auto", "wado", "c-get", "c-move"] = "auto"
+    # A whole study must be here by then, or the pull fails and files nothing.
+    retrieve_timeout_seconds: float = Field(default=600.0, gt=0)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+
+    @model_validator(mode="after")
+    def _wado_needs_url(self) -> PacsSettings:
+        if self.retrieve == "wado" and not self.dicomweb_url:
+            raise ValueError("retrieve: wado needs dicomweb_url")
+        return self
 
 
 class PriorSettings(_Strict):

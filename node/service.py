@@ -26,6 +26,8 @@ from node.store.index import Index
 from node.store.ingest import Ingest
 from node.store.spool import Spool
 from node.studies.completeness import CompletenessWatcher, pacs_count_query
+from node.studies.pull import StudyPuller
+from node.studies.watch import PullWatch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,14 @@ class NodeService:
             pacs_count_query(settings.pacs, settings.node.ae_title) if settings.pacs else None
         )
         self.watcher = CompletenessWatcher(settings, self.index, count_query)
+        audit = AuditLog.from_settings(settings.node)
+        # Pulling studies from the PACS (HTTP and the watch share one puller).
+        self.puller = StudyPuller(settings, self.ingest, audit) if settings.pacs else None
+        self.pull_watch = (
+            PullWatch(settings, self.puller)
+            if self.puller is not None and settings.pacs and settings.pacs.watch.enabled
+            else None
+        )
         http_token = self._http_token()
         self.http_token_required = http_token is not None
         self.http = HttpServer(
@@ -62,15 +72,19 @@ class NodeService:
                     self.index,
                     self.ingest,
                     self.worker_counts,
-                    AuditLog.from_settings(settings.node),
+                    audit,
+                    puller=self.puller,
                 ),
                 http_token=http_token,
+                viewer_url=settings.node.viewer_url,
+                cors_origins=settings.node.cors_origins,
             ),
             settings.node.http_port,
             settings.node.http_host,
         )
         self._stop = threading.Event()
         self._watch_thread: threading.Thread | None = None
+        self._pull_watch_thread: threading.Thread | None = None
         self._workers: dict[int, tuple[SpawnProcess, MpEvent]] = {}
         self.failure: str | None = None
 
@@ -95,6 +109,11 @@ class NodeService:
             ) from e
         self._watch_thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
         self._watch_thread.start()
+        if self.pull_watch is not None:
+            self._pull_watch_thread = threading.Thread(
+                target=self.pull_watch.run, args=(self._stop,), name="pull-watch", daemon=True
+            )
+            self._pull_watch_thread.start()
         for number in range(self.settings.node.workers):
             self._start_worker(number)
 
@@ -128,7 +147,8 @@ class NodeService:
         else:
             log.warning(
                 "HTTP on %s asks for no token (%s): anyone who reaches port %d can read the "
-                "worklist and send studies; set a token or bind node.http_host to loopback",
+                "worklist, retrieve studies with their patient data over DICOMweb and send "
+                "studies; set a token or bind node.http_host to loopback",
                 node.http_host,
                 where,
                 node.http_port,
@@ -212,6 +232,9 @@ class NodeService:
                 process.kill()
         if self._watch_thread is not None:
             self._watch_thread.join(timeout=10)
+        if self._pull_watch_thread is not None:
+            # A pull in progress ends at pacs.retrieve_timeout_seconds; don't wait that long.
+            self._pull_watch_thread.join(timeout=10)
         self.index.close()
 
 

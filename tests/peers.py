@@ -86,7 +86,10 @@ class Orthanc:
         route: bool = False,
         extra_modalities: dict[str, list[Any]] | None = None,
         stable_age: int = 1,
+        dicomweb_servers: dict[str, Any] | None = None,
     ) -> Orthanc:
+        """``dicomweb_servers``: the DICOMweb plugin's ``Servers`` (DICOMweb peers Orthanc
+        can query and retrieve from as a client), e.g. ``{"node": {"Url": ...}}``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         modalities: dict[str, list[Any]] = dict(extra_modalities or {})
         if node_aet and node_port:
@@ -108,7 +111,11 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             "StableAge": stable_age,
             "Plugins": [str(DICOMWEB_PLUGIN)],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "Servers": dict(dicomweb_servers or {}),
+            },
             "LuaScripts": [],
         }
         if route and node_aet:

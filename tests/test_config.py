@@ -110,3 +110,35 @@ def test_serve_refuses_to_start_on_a_bad_file(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("viewer_url", "expected"),
+    [
+        ("ohif.example/viewer?StudyInstanceUIDs={StudyInstanceUID}", "http:// or https://"),
+        ("javascript:alert(1)//{StudyInstanceUID}", "http:// or https://"),
+        ("https:///viewer?StudyInstanceUIDs={StudyInstanceUID}", "and a host"),
+        ("https://ohif.example/viewer", "must contain {StudyInstanceUID}"),
+        ("https://ohif.example/viewer?StudyInstanceUIDs={StudyInstanceUid}", "{StudyInstanceUID}"),
+        (
+            "https://ohif.example/viewer?study={StudyInstanceUID}&series={SeriesInstanceUID}",
+            "remove {SeriesInstanceUID}",
+        ),
+    ],
+)
+def test_viewer_url_needs_http_a_host_and_the_study_placeholder(
+    tmp_path: Path, viewer_url: str, expected: str
+) -> None:
+    path = tmp_path / "viewer.yaml"
+    path.write_text(f"node: {{viewer_url: '{viewer_url}'}}\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert "node.viewer_url" in str(error.value) and expected in str(error.value)
+    assert str(path) in str(error.value)
+
+
+def test_viewer_url_defaults_to_none_and_keeps_a_good_template() -> None:
+    assert load_settings(None).node.viewer_url is None
+    template = "http://ohif.example:3000/viewer?StudyInstanceUIDs={StudyInstanceUID}"
+    settings = parse_settings(f"node: {{viewer_url: '{template}'}}\n", "test")
+    assert settings.node.viewer_url == template

@@ -21,6 +21,7 @@ from fixtures.series import make_cr_study, make_ct_series
 from node import __version__
 from node.dimse.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 from node.http.urgency import urgent_findings
+from node.http.worklist import dicom_date, dicom_time, readable_name, viewer_link
 from node.store.spool import Spool
 from tests.conftest import node_config, storescu
 from tests.peers import NodeProcess, wait_for
@@ -116,6 +117,42 @@ def test_urgency_reads_labels_verdicts_and_text_negation_aware(
     assert urgent_findings(record) == urgent
 
 
+@pytest.mark.parametrize(
+    ("person_name", "shown"),
+    [
+        ("Doe^Jane", "Doe, Jane"),
+        ("Doe^Jane^Q^Dr^Jr", "Doe, Dr Jane Q, Jr"),
+        ("Doe", "Doe"),
+        ("^Jane", "Jane"),
+        ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada, Tarou"),
+        ("=山田^太郎", "山田, 太郎"),
+        ("^^^^", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_person_names_read_as_a_reader_writes_them(
+    person_name: str | None, shown: str | None
+) -> None:
+    assert readable_name(person_name) == shown
+
+
+def test_dates_times_and_viewer_links_for_the_worklist() -> None:
+    assert dicom_date("20240105") == "2024-01-05"
+    assert dicom_date("2024.01.05") == "2024-01-05"  # ACR-NEMA style, still sent
+    assert dicom_date("not a date") == "not a date"  # shown as sent, never dropped
+    assert dicom_date(None) is None and dicom_date("") is None
+    assert dicom_time("0930") == "09:30:00"
+    assert dicom_time("093015.123456") == "09:30:15"
+    assert dicom_time("99") == "99"
+    assert dicom_time(None) is None
+    template = "https://ohif.example/viewer?StudyInstanceUIDs={StudyInstanceUID}"
+    assert viewer_link(template, "1.2.840.1") == (
+        "https://ohif.example/viewer?StudyInstanceUIDs=1.2.840.1"
+    )
+    assert viewer_link(None, "1.2.840.1") is None
+
+
 def test_healthz_reports_version_database_and_workers(served: Served) -> None:
     response = requests.get(f"{served.url}/healthz", timeout=10)
     assert response.status_code == 200
@@ -142,6 +179,17 @@ def test_cr_by_c_store_is_listed_processed_imaged_and_reprocessed(
         lambda: _study(served.url, study_uid), timeout=10, what="the study in /api/studies"
     )
     assert listed["accession_number"] == "ACC-HTTP-CR"
+    # No token configured: the patient columns are null, said so; the study's own are there.
+    assert listed["patient_hidden"] is True
+    assert [listed[key] for key in ("patient_name", "patient_id", "patient_birth_date")] == [
+        None,
+        None,
+        None,
+    ]
+    assert listed["study_date"] == dicom_date(str(source.StudyDate))
+    assert listed["study_description"] == source.get("StudyDescription")
+    assert listed["modalities"] == ["CR"]
+    assert listed["viewer_url"] is None  # node.viewer_url not set
     assert listed["state"] in ("receiving", "queued", "running", "done")
     assert listed["instances"] == 1
     assert listed["series"] == [
@@ -203,6 +251,13 @@ def test_cr_by_c_store_is_listed_processed_imaged_and_reprocessed(
     )
     assert (first["id"], first["state"]) == (job["id"], "superseded")
     assert (second["id"], second["state"]) == (new_ids[0], "done")
+
+
+def test_worklist_state_filter_refuses_an_unknown_state_naming_it(served: Served) -> None:
+    response = requests.get(f"{served.url}/api/studies", params={"state": "finished"}, timeout=10)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "'finished'" in detail and "done" in detail and "skipped" in detail
 
 
 def test_reprocess_of_an_unknown_study_is_404_naming_it(served: Served) -> None:

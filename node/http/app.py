@@ -2,7 +2,8 @@
 
 Routes only translate: each calls the index, the ingest path or a renderer and turns
 their errors into an HTTP status at this boundary, as the SCP turns them into DIMSE
-statuses. Nothing here needs a patient attribute, and none is returned.
+statuses. Patient attributes are returned by ``/api/studies`` only when a token is configured
+(every request then passed it); without one they are left out (null).
 
 With a bearer token configured every route but ``/healthz`` asks for it (:class:`BearerAuth`,
 a FastAPI dependency): in the ``Authorization`` header, or as the cookie the worklist page
@@ -17,10 +18,10 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import text
@@ -28,12 +29,26 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node import __version__
 from node.audit import AuditEvent, AuditLog
+from node.http.dicomweb import dicomweb_router
 from node.http.images import ImageUnavailable, ImageUnrenderable, JobImages
 from node.http.stow import receive_stow
-from node.http.worklist import FILTER_STATES, ResultHeaders, list_studies
+from node.http.worklist import (
+    FILTER_STATES,
+    ResultHeaders,
+    list_studies,
+    worklist_page_html,
+)
 from node.metrics import render_metrics
+from node.store.catalog import Catalog
 from node.store.index import Index
 from node.store.ingest import Ingest
+from node.studies.pull import (
+    InvalidStudyUid,
+    NothingFiled,
+    PullUnavailable,
+    StudyNotAtPacs,
+    StudyPuller,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,7 @@ class NodeView:
     ingest: Ingest
     workers: Callable[[], WorkerCounts]
     audit: AuditLog
+    puller: StudyPuller | None = None  # None: no pacs configured, nothing to pull from
 
 
 def _database_reachable(index: Index) -> bool:
@@ -151,10 +167,19 @@ class BearerAuth:
         )
 
 
-def create_app(view: NodeView, *, http_token: str | None = None) -> FastAPI:
+def create_app(
+    view: NodeView,
+    *,
+    http_token: str | None = None,
+    viewer_url: str | None = None,
+    cors_origins: list[str] | None = None,
+) -> FastAPI:
     """The ASGI application; served by :class:`node.http.server.HttpServer`.
 
     ``http_token``: the bearer token every route but ``/healthz`` asks for; None: none.
+    ``viewer_url``: ``node.viewer_url``, the worklist's "Open in viewer" link; None: none.
+    ``cors_origins``: ``node.cors_origins``, web origins whose pages may call the node from
+    a browser (a viewer on another host); None or empty: none.
     """
     # No /docs or /redoc: they load their scripts from a CDN, and the node has no network.
     # /openapi.json is served below, behind the token like everything else.
@@ -168,7 +193,7 @@ def create_app(view: NodeView, *, http_token: str | None = None) -> FastAPI:
     )
     results = ResultHeaders()
     images = JobImages(view.index)
-    page = resources.files("node.http").joinpath("worklist.html").read_text(encoding="utf-8")
+    page = worklist_page_html()
     auth = BearerAuth(http_token)
 
     def require_token(
@@ -227,7 +252,15 @@ def create_app(view: NodeView, *, http_token: str | None = None) -> FastAPI:
     ) -> list[dict[str, Any]]:
         if state is not None and state not in FILTER_STATES:
             raise HTTPException(422, f"state {state!r} is none of: {', '.join(FILTER_STATES)}")
-        return list_studies(view.index, results, state=state, limit=limit)
+        # Patient data only behind a token: with one configured, this request passed it.
+        return list_studies(
+            view.index,
+            results,
+            state=state,
+            limit=limit,
+            show_patient=auth.required,
+            viewer_url=viewer_url,
+        )
 
     @api.post("/api/studies/{study_uid}/reprocess", status_code=202)
     def reprocess(study_uid: str, request: Request) -> dict[str, Any]:
@@ -252,6 +285,28 @@ def create_app(view: NodeView, *, http_token: str | None = None) -> FastAPI:
         )
         return {"study_instance_uid": study_uid, "jobs": job_ids}
 
+    @api.post("/api/studies/{study_uid}/process", status_code=202)
+    def process(study_uid: str, request: Request) -> dict[str, Any]:
+        """Fetch the study from the PACS, file it as received, and route it now."""
+        if view.puller is None:
+            raise HTTPException(
+                409, f"no pacs is configured: there is nowhere to pull study {study_uid} from"
+            )
+        client = request.client.host if request.client else "unknown"
+        try:
+            outcome = view.puller.pull(study_uid, via="http", peer_address=client)
+        except InvalidStudyUid as e:
+            raise HTTPException(422, str(e)) from None
+        except StudyNotAtPacs as e:
+            raise HTTPException(404, str(e)) from None
+        except PullUnavailable as e:
+            log.warning("pull of study %s asked by %s failed: %s", study_uid, client, e)
+            raise HTTPException(503, str(e)) from None
+        except NothingFiled as e:
+            log.warning("pull of study %s asked by %s: %s", study_uid, client, e)
+            raise HTTPException(502, str(e)) from None
+        return outcome.as_json()
+
     @api.get("/api/jobs/{job_id}/image.png")
     def job_image(job_id: int) -> Response:
         try:
@@ -274,9 +329,22 @@ def create_app(view: NodeView, *, http_token: str | None = None) -> FastAPI:
     async def stow_into_study(study_uid: str, request: Request) -> Response:
         return await receive_stow(request, view.ingest, view.audit, study_uid)
 
+    # QIDO-RS and WADO-RS (GET) beside STOW-RS (POST, above), behind the token.
+    api.include_router(dicomweb_router(Catalog(view.index.engine), view.audit))
+
     @api.get("/openapi.json", include_in_schema=False)
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
 
     app.include_router(api)
+    if cors_origins:
+        # Preflights are answered before routing, so they need no token; the requests
+        # that follow carry it. Warning is exposed: QIDO-RS and WADO-RS say things there.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Warning", "Content-Type"],
+        )
     return app

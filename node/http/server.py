@@ -62,8 +62,8 @@ class HttpServer:
                 raise OSError(f"the HTTP server on port {self.port} did not start")
             time.sleep(0.01)
         log.info(
-            "HTTP on %s port %d: worklist page /, API /api/studies, STOW-RS /dicom-web/studies, "
-            "/healthz, /metrics",
+            "HTTP on %s port %d: worklist page /, API /api/studies, DICOMweb /dicom-web "
+            "(QIDO-RS, WADO-RS, STOW-RS), /healthz, /metrics",
             self.host,
             self.port,
         )

@@ -1,37 +1,65 @@
 """The worklist as JSON: studies, their series and jobs, findings, urgency, where results went.
 
-Patient-free on purpose: studies are named by Study Instance UID and accession number
-only; no patient name, ID or birth date leaves the node this way. Three queries per call
+Patient attributes (name, ID, birth date, sex) are served only when the caller says the
+request passed a configured bearer token (``show_patient``): a node without a token
+serves the same list with those keys null and ``patient_hidden`` true, so a patient's
+name never reaches someone who needed no credential to ask. Three queries per call
 (studies, series with instance counts, jobs), whatever the number of studies.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
+from pydicom.valuerep import DA, TM
 from sqlalchemy import exists, func, select
 
+from node.config import VIEWER_PLACEHOLDER
 from node.http.urgency import urgent_findings
 from node.store.index import Index
 from node.store.models import Instance, Job, JobState, Series, Study, StudyState, utcnow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FILTER_STATES", "ResultHeaders", "list_studies", "source_path"]
+__all__ = [
+    "FILTER_STATES",
+    "PATIENT_KEYS",
+    "ResultHeaders",
+    "dicom_date",
+    "dicom_time",
+    "list_studies",
+    "readable_name",
+    "source_path",
+    "viewer_link",
+    "worklist_page_html",
+]
 
 # What ?state= takes: a study state (the study is in it) or a job state (a job of the
 # study is in it).
 FILTER_STATES: tuple[str, ...] = (*StudyState, *JobState)
+
+# The keys that hold patient data; null unless the request passed a configured token.
+PATIENT_KEYS: tuple[str, ...] = (
+    "patient_name",
+    "patient_id",
+    "patient_birth_date",
+    "patient_sex",
+)
+# Where worklist.html wants the state filter's options.
+_STATE_OPTIONS_MARK = "<!-- state options -->"
 
 # The state a routed study shows: the first of these that one of its current jobs is in.
 _SHOWN_ORDER = (
@@ -108,6 +136,77 @@ class ResultHeaders:
         return info
 
 
+def readable_name(person_name: str | None) -> str | None:
+    """A DICOM PN as a reader writes it: ``Doe^Jane^Q^Dr^Jr`` → ``Doe, Dr Jane Q, Jr``.
+
+    The first non-empty of the alphabetic, ideographic and phonetic groups (PS3.5 6.2.1:
+    groups split by ``=``, components by ``^`` in the order family, given, middle,
+    prefix, suffix). None when the name is empty.
+    """
+    if not person_name:
+        return None
+    group = next((g for g in person_name.split("=") if g.strip("^ ")), "")
+    family, given, middle, prefix, suffix = ([c.strip() for c in group.split("^")] + [""] * 5)[:5]
+    forenames = " ".join(part for part in (prefix, given, middle) if part)
+    name = f"{family}, {forenames}" if family and forenames else family or forenames
+    if suffix:
+        name = f"{name}, {suffix}" if name else suffix
+    return name or None
+
+
+def dicom_date(value: str | None) -> str | None:
+    """A DA value as YYYY-MM-DD; one that isn't a date comes back as sent (shown, not lost)."""
+    if not value:
+        return None
+    try:
+        parsed = DA(value)
+    except ValueError:
+        return value
+    return parsed.isoformat() if parsed is not None else None
+
+
+def dicom_time(value: str | None) -> str | None:
+    """A TM value as HH:MM:SS; one that isn't a time comes back as sent."""
+    if not value:
+        return None
+    try:
+        parsed = TM(value)
+    except ValueError:
+        return value
+    return parsed.isoformat(timespec="seconds") if parsed is not None else None
+
+
+def viewer_link(template: str | None, study_uid: str) -> str | None:
+    """``node.viewer_url`` with the study's UID in its placeholder; None without a template."""
+    if template is None:
+        return None
+    return template.replace("{" + VIEWER_PLACEHOLDER + "}", quote(study_uid, safe=""))
+
+
+def worklist_page_html() -> str:
+    """worklist.html with the state filter's options (FILTER_STATES) written in."""
+    page = resources.files("node.http").joinpath("worklist.html").read_text(encoding="utf-8")
+    if _STATE_OPTIONS_MARK not in page:
+        raise RuntimeError(f"worklist.html lacks {_STATE_OPTIONS_MARK!r} for the state filter")
+    options = "".join(
+        f'<option value="{html.escape(state)}">{html.escape(state)}</option>'
+        for state in FILTER_STATES
+    )
+    return page.replace(_STATE_OPTIONS_MARK, options)
+
+
+def _patient_json(study: Study, shown: bool) -> dict[str, Any]:
+    if not shown:
+        return {**dict.fromkeys(PATIENT_KEYS), "patient_hidden": True}
+    return {
+        "patient_name": readable_name(study.patient_name),
+        "patient_id": study.patient_id,
+        "patient_birth_date": dicom_date(study.patient_birth_date),
+        "patient_sex": study.patient_sex,
+        "patient_hidden": False,
+    }
+
+
 def _strings(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list) else []
 
@@ -177,12 +276,20 @@ def _shown_state(study: Study, jobs: Sequence[Job]) -> str:
 
 
 def list_studies(
-    index: Index, results: ResultHeaders, *, state: str | None = None, limit: int = 100
+    index: Index,
+    results: ResultHeaders,
+    *,
+    state: str | None = None,
+    limit: int = 100,
+    show_patient: bool = False,
+    viewer_url: str | None = None,
 ) -> list[dict[str, Any]]:
     """Studies, most recently received first, as the worklist page and ``/api/studies`` show them.
 
     ``state``: a study state (receiving, routed, skipped): studies in it; or a job state
     (queued, running, done, failed, undelivered, superseded): studies with a job in it.
+    ``show_patient``: fill :data:`PATIENT_KEYS` (only for a request that passed a
+    configured token); otherwise they are null. ``viewer_url``: ``node.viewer_url``.
     """
     query = select(Study).order_by(Study.last_received.desc(), Study.id.desc()).limit(limit)
     if state in tuple(StudyState):
@@ -215,10 +322,18 @@ def list_studies(
         current = [item for item in job_items if item["state"] != JobState.SUPERSEDED]
         urgent = list(dict.fromkeys(f for item in current for f in item["urgent_findings"]))
         with_image = [item for item in current if item["image"]]
+        modalities = [series.modality for series, _ in series_of[study.id] if series.modality]
         listed.append(
             {
                 "study_instance_uid": study.study_uid,
                 "accession_number": study.accession_number,
+                **_patient_json(study, show_patient),
+                "study_date": dicom_date(study.study_date),
+                "study_time": dicom_time(study.study_time),
+                "study_description": study.study_description,
+                # ModalitiesInStudy: each once, in the order the series arrived.
+                "modalities": list(dict.fromkeys(modalities)),
+                "viewer_url": viewer_link(viewer_url, study.study_uid),
                 "state": _shown_state(study, jobs_of[study.id]),
                 "note": study.note,
                 "received_first": _iso(study.first_received),

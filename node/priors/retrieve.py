@@ -150,7 +150,7 @@ def retrieve_study(
             log.info("removed %d partial file(s) of study %s", removed, study_uid)
         raise
     log.info(
-        "retrieved %d instance(s) of prior study %s by %s in %.2f s",
+        "retrieved %d instance(s) of study %s by %s in %.2f s",
         len(files),
         study_uid,
         method,

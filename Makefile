@@ -6,7 +6,7 @@ CONFIG ?= config/node.yaml
 DEBS   := orthanc orthanc-dicomweb orthanc-wsi dcmtk dicom3tools pixelmed-apps postgresql \
           chromium chromium-driver
 
-.PHONY: install install-peers run test lint bench bench-gpu clean constraints
+.PHONY: install install-peers ohif run test lint bench bench-gpu clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ install-peers:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# The OHIF viewer the tests read the node with: npm @ohif/app's built app (about 50 MB),
+# unpacked under .cache/ohif (tests/ohif.py serves it).
+OHIF_VERSION := 3.13.2
+OHIF_APP     := .cache/ohif/package/dist/index.html
+
+$(OHIF_APP):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch the OHIF viewer the tests use (Debian: apt-get install npm)"; exit 1; }
+	rm -rf .cache/ohif && mkdir -p .cache/ohif
+	cd .cache/ohif && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null \
+	  && tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+	touch $@
+
+ohif: $(OHIF_APP)
+
 run: install
 	$(BIN)/medgemma-node serve --config $(CONFIG)
 
@@ -40,7 +54,7 @@ lint: install
 	$(BIN)/ruff check node tests fixtures bench
 	$(BIN)/mypy
 
-test: install install-peers lint
+test: install install-peers ohif lint
 	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
 
 bench: install install-peers
@@ -69,4 +83,4 @@ constraints:
 	rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .cache

@@ -18,6 +18,7 @@ from pydicom.uid import (
 from fixtures.series import make_cr_study
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
 from node.inference.answers import Box
+from node.results.author import ResultAuthor
 from node.results.boxes import SourceBox, box_tracking_uid, map_boxes
 from node.results.disclaimer import TEST_MODEL_BANNER
 from node.results.gsps import build_gsps
@@ -56,7 +57,7 @@ def boxes(cr_image: RadiographImage) -> list[SourceBox]:
 def test_gsps_validates_and_keeps_the_source_view(
     cr: Dataset, boxes: list[SourceBox], tmp_path: Path
 ) -> None:
-    gsps = build_gsps(cr, boxes, model_label=MODEL, is_test_model=False)
+    gsps = build_gsps(cr, boxes, author=ResultAuthor(MODEL, False))
     path = write_tmp(gsps, tmp_path)
     assert dciodvfy_errors(path) == []
     back = pydicom.dcmread(path)
@@ -79,7 +80,7 @@ def test_gsps_draws_closed_rectangles_and_labels(
     cr: Dataset, boxes: list[SourceBox], tmp_path: Path
 ) -> None:
     back = pydicom.dcmread(
-        write_tmp(build_gsps(cr, boxes, model_label=MODEL, is_test_model=False), tmp_path)
+        write_tmp(build_gsps(cr, boxes, author=ResultAuthor(MODEL, False)), tmp_path)
     )
     [annotation] = back.GraphicAnnotationSequence
     [layer] = back.GraphicLayerSequence
@@ -100,7 +101,7 @@ def test_gsps_draws_closed_rectangles_and_labels(
 
 
 def test_gsps_marks_a_test_model(cr: Dataset, boxes: list[SourceBox], tmp_path: Path) -> None:
-    gsps = build_gsps(cr, boxes, model_label="tiny", is_test_model=True)
+    gsps = build_gsps(cr, boxes, author=ResultAuthor("tiny", True))
     path = write_tmp(gsps, tmp_path)
     assert dciodvfy_errors(path) == []
     back = pydicom.dcmread(path)
@@ -112,7 +113,7 @@ def test_gsps_marks_a_test_model(cr: Dataset, boxes: list[SourceBox], tmp_path: 
 
 def test_gsps_refuses_a_box_outside_the_image(cr: Dataset) -> None:
     with pytest.raises(ValueError, match="not inside"):
-        build_gsps(cr, [SourceBox("x", 0, 0, 5000, 10)], model_label=MODEL, is_test_model=False)
+        build_gsps(cr, [SourceBox("x", 0, 0, 5000, 10)], author=ResultAuthor(MODEL, False))
 
 
 # --- burned-in Secondary Capture ---------------------------------------------------------
@@ -126,8 +127,7 @@ def test_sc_validates_and_is_marked_burned_in(
         cr_image,
         boxes,
         impression="Right pneumothorax.",
-        model_label=MODEL,
-        is_test_model=False,
+        author=ResultAuthor(MODEL, False),
     )
     assert sc.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     path = write_tmp(sc, tmp_path)
@@ -148,9 +148,7 @@ def test_sc_validates_and_is_marked_burned_in(
 def test_sc_draws_boxes_at_source_positions(
     cr: Dataset, cr_image: RadiographImage, boxes: list[SourceBox]
 ) -> None:
-    sc = build_burned_in_sc(
-        cr, cr_image, boxes, impression="x", model_label=MODEL, is_test_model=False
-    )
+    sc = build_burned_in_sc(cr, cr_image, boxes, impression="x", author=ResultAuthor(MODEL, False))
     pixels = sc.pixel_array
     band = int(sc.Rows) - int(cr.Rows)
     box = boxes[0]
@@ -167,7 +165,7 @@ def test_sc_from_a_pil_picture_marks_a_test_model(
 ) -> None:
     picture = Image.new("RGB", (int(cr.Columns), int(cr.Rows)), (90, 90, 90))
     sc = build_burned_in_sc(
-        cr, picture, boxes, impression="Normal.", model_label="tiny", is_test_model=True
+        cr, picture, boxes, impression="Normal.", author=ResultAuthor("tiny", True)
     )
     path = write_tmp(sc, tmp_path)
     assert dciodvfy_errors(path) == []
@@ -183,6 +181,5 @@ def test_sc_refuses_a_picture_of_another_size(cr: Dataset) -> None:
             Image.new("RGB", (10, 10)),
             [],
             impression="x",
-            model_label=MODEL,
-            is_test_model=False,
+            author=ResultAuthor(MODEL, False),
         )

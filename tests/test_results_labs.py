@@ -11,6 +11,7 @@ from pydicom import Dataset
 
 from fixtures.documents import make_encapsulated_pdf, make_scanned_document
 from node.inference.answers import LabResult
+from node.results.author import ResultAuthor
 from node.results.labs import LAB_SCHEME, lab_concept, lab_number, lab_text, ucum_unit
 from node.results.tid1500 import build_measurement_report
 from tests.sr_content import evidence_uids, headers, library_uids, texts, validated_report
@@ -32,8 +33,7 @@ def lab_report(sources: list[Dataset], labs: list[LabResult] = LABS) -> Dataset:
         [],
         narrative=f"{len(labs)} lab test(s) extracted from 1 page(s).",
         impression=None,
-        model_label=TEST_MODEL,
-        is_test_model=True,
+        author=ResultAuthor(TEST_MODEL, True),
         task="lab-report",
         lab_items=labs,
     )

@@ -16,6 +16,7 @@ from pydicom import Dataset
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
+from node.results.author import ResultAuthor
 from node.results.disclaimer import TEST_MODEL_BANNER
 from node.results.sr import COMPLETION_DESCRIPTION, UTF8_CHARACTER_SET, evidence_header
 from node.results.tid1500 import build_measurement_report
@@ -51,8 +52,7 @@ def build(sources: list[Dataset], narrative: str = FINDINGS, **overrides: Any) -
     options: dict[str, Any] = {
         "impression": None,
         "task": "cxr-report",
-        "model_label": MODEL,
-        "is_test_model": False,
+        "author": ResultAuthor(MODEL, False),
         **overrides,
     }
     return build_measurement_report(sources, [], narrative=narrative, **options)
@@ -94,7 +94,7 @@ def test_no_context_item_without_context(tmp_path: Path) -> None:
 
 
 def test_test_model_says_so_where_a_reader_looks(tmp_path: Path) -> None:
-    sr = build([load_source("RG1_UNCR.dcm")], model_label=TEST_MODEL, is_test_model=True)
+    sr = build([load_source("RG1_UNCR.dcm")], author=ResultAuthor(TEST_MODEL, True))
     path, back = round_trip(sr, tmp_path)
     assert back.SeriesDescription.startswith("TEST MODEL")
     [disclaimer] = texts(back, "Comment")
@@ -206,16 +206,14 @@ def test_device_observer_uid_is_stable_per_model() -> None:
 
     assert observer_uid(build([source])) == observer_uid(build([source]))
     assert observer_uid(build([source])) != observer_uid(
-        build([source], model_label=TEST_MODEL, is_test_model=True)
+        build([source], author=ResultAuthor(TEST_MODEL, True))
     )
 
 
 def test_dsrdump_parses_the_document(tmp_path: Path) -> None:
     dsrdump = shutil.which("dsrdump")
     assert dsrdump is not None, "dsrdump not found (Debian package dcmtk)"
-    sr = build(
-        [load_source("RG1_UNCR.dcm")], "Größe 3 cm", model_label=TEST_MODEL, is_test_model=True
-    )
+    sr = build([load_source("RG1_UNCR.dcm")], "Größe 3 cm", author=ResultAuthor(TEST_MODEL, True))
     result = subprocess.run(
         [dsrdump, "+Pl", "+U8", str(write_tmp(sr, tmp_path))],
         capture_output=True,
@@ -256,7 +254,7 @@ def test_character_sets_of_the_source_survive(name: str, tmp_path: Path) -> None
     """pydicom's character-set files: the patient's name comes back as the source had it."""
     [path] = get_charset_files(name)
     source = pydicom.dcmread(path)
-    sr = build([source], "FINDINGS: Größe 3 cm.", model_label="m", is_test_model=True)
+    sr = build([source], "FINDINGS: Größe 3 cm.", author=ResultAuthor("m", True))
     written = write_tmp(sr, tmp_path)
     back = pydicom.dcmread(written)
     assert back.PatientName == source.PatientName

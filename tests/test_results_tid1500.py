@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 from fixtures.series import make_cr_study, make_ct_series, make_enhanced_ct
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
 from node.inference.answers import Box, LabResult
+from node.results.author import ResultAuthor
 from node.results.boxes import SourceBox, box_tracking_uid, map_box, map_boxes
 from node.results.codes import FREE_TEXT_FINDING, coded_finding, finding_concept
 from node.results.disclaimer import TEST_MODEL_BANNER
@@ -153,8 +154,7 @@ def report(cr: Dataset, image: RadiographImage, **overrides: Any) -> tuple[Datas
     options: dict[str, Any] = {
         "narrative": "Right apical pneumothorax. Heart enlarged.",
         "impression": "Pneumothorax.",
-        "model_label": MODEL,
-        "is_test_model": False,
+        "author": ResultAuthor(MODEL, False),
         "task": "cxr-localize",
         "verdicts": ["Pleural effusion: stable"],
         "lab_items": [LabResult(name="Hb", result="13.1", unit="g/dL")],
@@ -269,7 +269,7 @@ def test_round_trip_keeps_text_flags_and_patient(
 
 
 def test_test_model_is_marked(cr: Dataset, cr_image: RadiographImage, tmp_path: Path) -> None:
-    sr, _ = report(cr, cr_image, model_label="tiny-random", is_test_model=True)
+    sr, _ = report(cr, cr_image, author=ResultAuthor("tiny-random", True))
     path = write_tmp(sr, tmp_path)
     back = pydicom.dcmread(path)
     assert back.SeriesDescription.startswith("TEST MODEL")
@@ -284,8 +284,7 @@ def build(sources: list[Dataset], findings: list[LocalizedFinding], **overrides:
     options: dict[str, Any] = {
         "narrative": "Lesion.",
         "impression": None,
-        "model_label": MODEL,
-        "is_test_model": False,
+        "author": ResultAuthor(MODEL, False),
         "task": "ct-volume",
         **overrides,
     }
@@ -297,8 +296,7 @@ def test_no_findings_still_validates(cr: Dataset, tmp_path: Path) -> None:
         [cr],
         [],
         narrative="No acute cardiopulmonary abnormality.",
-        model_label=TEST_MODEL,
-        is_test_model=True,
+        author=ResultAuthor(TEST_MODEL, True),
         task="cxr-localize",
     )
     validated_report(sr, tmp_path)
@@ -341,8 +339,7 @@ def test_volume_slices_are_listed_and_referenced_per_finding(
         ct,
         [nodule, other, LocalizedFinding("mass")],
         conclusion=conclusion,
-        model_label=TEST_MODEL,
-        is_test_model=True,
+        author=ResultAuthor(TEST_MODEL, True),
     )
     path, content = validated_report(sr, tmp_path)
     back = pydicom.dcmread(path)

@@ -15,6 +15,7 @@ from node.config import ImagingSettings, Task
 from node.imaging.volume import SliceSource, sample_indices, series_to_volume_input
 from node.inference.engine import TransformersEngine
 from node.pipeline.tasks import TaskInput, TaskOutcome, run_task
+from node.results.author import ResultAuthor
 from node.results.slices import (
     CITED_SLICES_LABELS,
     cited_slices,
@@ -161,8 +162,7 @@ def test_cited_slices_point_at_the_right_instances_in_a_valid_report(tmp_path: P
         named.findings,
         narrative=ANSWER,
         impression=None,
-        model_label="TEST MODEL",
-        is_test_model=True,
+        author=ResultAuthor("TEST MODEL", True),
         task="ct-volume",
     )
     _, content = validated_report(sr, tmp_path)

@@ -24,7 +24,8 @@ from highdicom.pr import (
 )
 from pydicom import Dataset
 
-from node import MANUFACTURER, __version__
+from node.config import Output
+from node.results.author import SERIES_NUMBERS, ResultAuthor
 from node.results.boxes import SourceBox, box_tracking_uid
 from node.results.disclaimer import TEST_MODEL_BANNER
 
@@ -47,12 +48,8 @@ def build_gsps(
     source: Dataset,
     boxes: Sequence[SourceBox],
     *,
-    model_label: str,
-    is_test_model: bool,
-    series_number: int = 9903,
+    author: ResultAuthor,
     instance_number: int = 1,
-    manufacturer: str = MANUFACTURER,
-    software_version: str = __version__,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> Dataset:
@@ -66,9 +63,9 @@ def build_gsps(
     boxes:
         Rectangles from :func:`node.results.boxes.map_boxes`; may be empty (the
         state then only carries the warning text).
-    model_label, is_test_model:
-        Named in the content description and on the image; a test model is
-        marked TEST MODEL in both.
+    author:
+        The model is named in the content description and on the image; a test
+        model is marked TEST MODEL in both.
 
     Raises
     ------
@@ -76,6 +73,7 @@ def build_gsps(
         A box outside the source image.
     """
     _check_boxes(source, boxes)
+    model_label, is_test_model = author.model_label, author.is_test_model
     layer = GraphicLayer(
         layer_name=_LAYER, order=1, description=f"Findings of {model_label}"[:_LO_MAX]
     )
@@ -89,12 +87,12 @@ def build_gsps(
     gsps = GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
         series_instance_uid=hd.UID(series_instance_uid),
-        series_number=series_number,
+        series_number=SERIES_NUMBERS[Output.GSPS],
         sop_instance_uid=hd.UID(sop_instance_uid),
         instance_number=instance_number,
-        manufacturer=manufacturer,
+        manufacturer=author.manufacturer,
         manufacturer_model_name=model_label[:_LO_MAX],
-        software_versions=software_version,
+        software_versions=author.software_version,
         device_serial_number="",
         content_label=gsps_content_label(is_test_model=is_test_model),
         content_description=_description(model_label, is_test_model)[:_LO_MAX],

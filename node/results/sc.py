@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from node import MANUFACTURER
+from node.config import Output
 from node.imaging.radiograph import RadiographImage
+from node.results.author import SERIES_NUMBERS, ResultAuthor
 from node.results.boxes import SourceBox
 from node.results.disclaimer import TEST_MODEL_BANNER
 
@@ -96,11 +97,8 @@ def build_burned_in_sc(
     boxes: Sequence[SourceBox],
     *,
     impression: str,
-    model_label: str,
-    is_test_model: bool,
-    series_number: int = 9904,
+    author: ResultAuthor,
     instance_number: int = 1,
-    manufacturer: str = MANUFACTURER,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> Dataset:
@@ -116,8 +114,9 @@ def build_burned_in_sc(
         (the padding is cropped off here), or an RGB picture at source size.
     boxes:
         Rectangles in source pixels, drawn as they are.
-    impression, model_label, is_test_model:
-        Written in the banner; a test model's banner says TEST MODEL first.
+    impression, author:
+        Written in the banner (the impression, the model); a test model's banner
+        says TEST MODEL first.
 
     Raises
     ------
@@ -131,12 +130,9 @@ def build_burned_in_sc(
             f"picture is {picture.size[0]}×{picture.size[1]}, source {source.SOPInstanceUID} "
             f"is {expected[0]}×{expected[1]} (columns × rows)"
         )
+    model_label, is_test_model = author.model_label, author.is_test_model
     rendered = render_burned_in(
-        picture,
-        boxes,
-        impression=impression,
-        model_label=model_label,
-        is_test_model=is_test_model,
+        picture, boxes, impression=impression, model_label=model_label, is_test_model=is_test_model
     )
     orientation = source.get("PatientOrientation")
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -146,10 +142,10 @@ def build_burned_in_sc(
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=hd.UID(series_instance_uid),
-        series_number=series_number,
+        series_number=SERIES_NUMBERS[Output.SC],
         sop_instance_uid=hd.UID(sop_instance_uid),
         instance_number=instance_number,
-        manufacturer=manufacturer,
+        manufacturer=author.manufacturer,
         patient_orientation=(
             (str(orientation[0]), str(orientation[1]))
             if orientation is not None and len(orientation) == 2

@@ -69,8 +69,9 @@ from highdicom.sr import (
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from node import MANUFACTURER, __version__
+from node.config import Output
 from node.inference.answers import LabResult
+from node.results.author import SERIES_NUMBERS, ResultAuthor
 from node.results.boxes import SourceBox, box_tracking_uid
 from node.results.codes import coded_finding
 from node.results.content import algorithm_identification, derived_uid, device_observer_uid
@@ -142,8 +143,7 @@ def build_measurement_report(
     *,
     narrative: str,
     impression: str | None,
-    model_label: str,
-    is_test_model: bool,
+    author: ResultAuthor,
     task: str,
     conclusion: str | None = None,
     verdicts: Sequence[str] = (),
@@ -151,10 +151,7 @@ def build_measurement_report(
     lab_items: Sequence[LabResult] = (),
     context_used: str | None = None,
     previous_versions: Sequence[Dataset] = (),
-    series_number: int = 9902,
     instance_number: int = 1,
-    manufacturer: str = MANUFACTURER,
-    software_version: str = __version__,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     now: datetime.datetime | None = None,
@@ -174,9 +171,10 @@ def build_measurement_report(
         source, image references to sources (frames 1-based).
     narrative, impression:
         The model's report text; the narrative must not be empty.
-    model_label, is_test_model, task:
-        Which model ran what; a test model is marked in the series description,
-        the disclaimer and the device observer name.
+    author, task:
+        Which model ran what, and the General Equipment values for this node; a
+        test model is marked in the series description, the disclaimer and the
+        device observer name.
     conclusion:
         The model's final answer to the question it was asked (a volume's yes/no),
         a TEXT "Conclusion".
@@ -191,10 +189,8 @@ def build_measurement_report(
         Clinical context given to the model, recorded when not empty.
     previous_versions:
         Earlier reports of the same study and task this one replaces.
-    series_number, instance_number:
-        Numbers of the new series and of this instance in it.
-    manufacturer, software_version:
-        General Equipment values for this node.
+    instance_number:
+        Number of this instance in its series (numbered by SERIES_NUMBERS).
     series_instance_uid, sop_instance_uid:
         Fixed UIDs for an idempotent retry; new ones when omitted.
     now:
@@ -207,6 +203,7 @@ def build_measurement_report(
         studies; a box without an image to lie on, or outside it; an image
         reference to no source, or to a frame the source doesn't have.
     """
+    model_label, is_test_model = author.model_label, author.is_test_model
     for name, value in (("narrative", narrative), ("task", task), ("model_label", model_label)):
         if not value.strip():
             raise ValueError(f"{name} must not be empty or white space only")
@@ -214,7 +211,7 @@ def build_measurement_report(
     _check_sources(sources, findings)
     first = sources[0]
     created = now if now is not None else datetime.datetime.now()
-    algorithm = algorithm_identification(model_label, software_version, task)
+    algorithm = algorithm_identification(model_label, author.software_version, task)
     classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in sources}
     groups: list[_Group] = [
         _finding_group(first, classes, index, finding, algorithm)
@@ -227,7 +224,7 @@ def build_measurement_report(
     groups += [group for group in lab_groups if group is not None]
     groups = groups or [_no_finding_group(first, algorithm)]
     report = MeasurementReport(
-        observation_context=_observation_context(model_label, is_test_model, manufacturer),
+        observation_context=_observation_context(author),
         procedure_reported=PROCEDURE_REPORTED,
         imaging_measurements=groups,
     )
@@ -251,10 +248,10 @@ def build_measurement_report(
         content=report,
         previous_versions=list(previous_versions) or None,
         series_instance_uid=hd.UID(series_instance_uid),
-        series_number=series_number,
+        series_number=SERIES_NUMBERS[Output.SR],
         sop_instance_uid=hd.UID(sop_instance_uid),
         instance_number=instance_number,
-        manufacturer=manufacturer,
+        manufacturer=author.manufacturer,
         # A draft by construction: only a human reviewer can complete and verify it.
         is_complete=False,
         is_final=False,
@@ -263,7 +260,7 @@ def build_measurement_report(
         series_description=measurement_series_description(
             task, model_label, is_test_model=is_test_model
         ),
-        software_versions=software_version,
+        software_versions=author.software_version,
         specific_character_set=character_set(
             first,
             narrative,
@@ -377,17 +374,16 @@ def _uses_lab_scheme(groups: Sequence[_Group]) -> bool:
     )
 
 
-def _observation_context(
-    model_label: str, is_test_model: bool, manufacturer: str
-) -> ObservationContext:
+def _observation_context(author: ResultAuthor) -> ObservationContext:
     """TID 1002: the model as the device observer (name marked for a test model)."""
+    model_label, is_test_model = author.model_label, author.is_test_model
     # A reader browsing observers must not take a stand-in for MedGemma.
     marked = not is_test_model or "TEST" in model_label.upper()
     name = model_label if marked else f"{TEST_MODEL_BANNER}: {model_label}"
     attributes = DeviceObserverIdentifyingAttributes(
         uid=device_observer_uid(model_label),
         name=name[:_LO_MAX],
-        manufacturer_name=manufacturer,
+        manufacturer_name=author.manufacturer,
         model_name=model_label[:_LO_MAX],
     )
     device = ObserverContext(

@@ -22,6 +22,7 @@ from node.inference.prompts import (
 )
 from node.inference.request import Engine, Prompt
 from node.priors.lookup import PriorLookup
+from node.results.author import ResultAuthor
 from node.results.tid1500 import LocalizedFinding, build_measurement_report
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,11 @@ def save_model_inputs(prompt: Prompt, out_dir: Path, meta: dict[str, object]) ->
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
+def result_author(engine: Engine) -> ResultAuthor:
+    """What every result object says of the model that answered."""
+    return ResultAuthor(engine.label, engine.is_test_model)
+
+
 def measurement_report(
     job: TaskInput,
     engine: Engine,
@@ -127,8 +133,7 @@ def measurement_report(
         narrative=narrative,
         impression=impression,
         conclusion=conclusion,
-        model_label=engine.label,
-        is_test_model=engine.is_test_model,
+        author=result_author(engine),
         task=task or job.task.value,
         verdicts=verdicts,
         prior_sources=prior_sources,

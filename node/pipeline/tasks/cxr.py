@@ -32,6 +32,7 @@ from node.pipeline.tasks.common import (
     generate,
     measurement_report,
     read_instance,
+    result_author,
 )
 from node.results.boxes import map_boxes
 from node.results.findings import named_findings
@@ -149,9 +150,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         )
     ]
     if Output.GSPS in job.outputs and boxes:
-        results.append(
-            build_gsps(ds, boxes, model_label=engine.label, is_test_model=engine.is_test_model)
-        )
+        results.append(build_gsps(ds, boxes, author=result_author(engine)))
     if Output.SC in job.outputs:
         results.append(
             build_burned_in_sc(
@@ -159,8 +158,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
                 radiograph,
                 boxes,
                 impression=impression or narrative,
-                model_label=engine.label,
-                is_test_model=engine.is_test_model,
+                author=result_author(engine),
             )
         )
     return TaskOutcome(results=results, record=record)

@@ -67,13 +67,12 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from node.inference.budgets import IMAGE_SIZE, MAX_VOLUME_SLICES, TOKENS_PER_IMAGE
 from node.inference.prompts import chat_messages, cxr_report_prompt, volume_prompt
 from node.inference.request import Prompt
 
-IMAGE_SIZE = 896
-TOKENS_PER_IMAGE = 256
 REPORT_NEW_TOKENS = 300
-CT_SLICES = 85
+CT_SLICES = MAX_VOLUME_SLICES
 CT_NEW_TOKENS = 300
 WARMUP_NEW_TOKENS = 8
 MAX_BATCH = 256

@@ -47,6 +47,7 @@ from node.imaging.resample import AxialGrid, AxialResampler, axial_grid, stack_t
 from node.imaging.square import Padding, pad_to_square, padding_for
 from node.imaging.stack import SHEAR_TOLERANCE_DEG, SUPPORTED_MODALITIES, assemble_stack
 from node.imaging.stack_types import Frame, Plane, Stack
+from node.inference.budgets import MAX_VOLUME_SLICES as MAX_SLICES
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,6 @@ __all__ = [
     "series_to_sitk",
     "series_to_volume_input",
 ]
-
-MAX_SLICES = 85
-"""MedGemma 1.5's slice budget: 85 × 256 = 21,760 image tokens."""
 
 CT_WINDOWS: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = (
     (-1024, 1024),  # R: wide (air … bone)

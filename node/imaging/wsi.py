@@ -63,13 +63,14 @@ from pydicom.pixels import iter_pixels
 from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from node.imaging.errors import ImagingError
+from node.inference.budgets import IMAGE_SIZE, MAX_WSI_PATCHES
 
 logger = logging.getLogger(__name__)
 
-PATCH_SIZE = 896
-"""MedGemma's image side; patches are cut at this size and never resized."""
-MAX_PATCHES = 125
-"""MedGemma 1.5's patch budget for one slide."""
+# MedGemma's image side (patches are cut at this size and never resized) and its patch
+# budget for one slide.
+PATCH_SIZE = IMAGE_SIZE
+MAX_PATCHES = MAX_WSI_PATCHES
 TARGET_MAGNIFICATION = 10.0
 MM_PER_PIXEL_AT_10X = 0.001
 """The magnification convention: 10X ≈ 1.0 µm/px (so 40X ≈ 0.25 µm/px)."""

@@ -44,6 +44,7 @@ from transformers.utils import logging as hf_logging
 
 from node.inference import prompts
 from node.inference.answers import THINKING_END  # not special in Gemma: decoding keeps it
+from node.inference.budgets import IMAGE_SIZE
 from node.inference.request import Prompt
 
 logger = logging.getLogger(__name__)
@@ -84,8 +85,8 @@ ANSWERS: dict[str, str] = {  # by task, as the marker file lists them
     "verdicts": VERDICTS_ANSWER,
 }
 
-# MedGemma's image processing, unchanged, so the imaging code's output is treated identically.
-IMAGE_SIZE = 896
+# MedGemma's image processing (IMAGE_SIZE), unchanged, so the imaging code's output is
+# treated identically.
 IMAGE_MEAN_STD = 0.5
 # A 56-pixel patch gives 16×16 patches at 896, pooled 4×4 to 16 tokens an image: the
 # vision tower stays cheap even for an 85-slice volume.

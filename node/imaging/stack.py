@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
+from node.imaging.dicom_io import read_dataset
 from node.imaging.errors import ImagingError
 from node.imaging.multiframe import FrameAttributes, frame_attributes, is_multiframe
 from node.imaging.stack_types import (
@@ -131,10 +131,10 @@ def _read_headers(
         try:
             # defer_size keeps pixel data on disk: the header read is ~0.3 ms and
             # the element still exists, so "has pixel data" can be checked.
-            header = pydicom.dcmread(path, defer_size=_DEFER_SIZE)
-        except Exception as exc:  # InvalidDicomError, OSError, EOF in a header
+            header = read_dataset(path, defer_size=_DEFER_SIZE)
+        except ImagingError as exc:
             unreadable.append(path.name)
-            logger.warning("skipping %s: not readable as DICOM (%s)", path.name, exc)
+            logger.warning("skipping %s: not readable as DICOM (%s)", path.name, exc.__cause__)
             continue
         out.append((path, header))
     log.drop(DropReason.UNREADABLE, unreadable, "unreadable file(s)")

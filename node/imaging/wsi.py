@@ -55,13 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import iter_pixels
 from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
+from node.imaging.dicom_io import decode_each, read_dataset
 from node.imaging.errors import ImagingError
 from node.inference.budgets import IMAGE_SIZE, MAX_WSI_PATCHES
 
@@ -322,10 +321,7 @@ def _read_sources(items: Sequence[Dataset | Path]) -> list[_Source]:
                     pixels = Path(filename)
         else:
             path = Path(item)
-            try:
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception as error:  # any parse failure: name the file, keep the cause
-                raise ImagingError(f"WSI: {path.name} is not readable DICOM: {error}") from error
+            header = read_dataset(path, header_only=True)
             pixels = path
         uid = str(header.get("SOPInstanceUID", getattr(pixels, "name", "<no SOPInstanceUID>")))
         sources.append(_Source(header=header, pixels=pixels, uid=uid))
@@ -566,18 +562,12 @@ def _decode_frames(source: _Source, indices: list[int]) -> Iterable[np.ndarray]:
         raise ImagingError(
             f"instance {source.uid}: {header.get('BitsAllocated')}-bit WSI is not supported"
         )
-    src: Dataset | str = source.pixels if isinstance(source.pixels, Dataset) else str(source.pixels)
-    if isinstance(src, Dataset) and "PixelData" not in src:
+    if isinstance(source.pixels, Dataset) and "PixelData" not in source.pixels:
         raise ImagingError(f"instance {source.uid}: no pixel data and no file to read it from")
-    try:
-        for frame in iter_pixels(src, indices=indices):
-            if frame.ndim == 2:  # monochrome (e.g. fluorescence): grey in R = G = B
-                frame = np.repeat(frame[..., None], 3, axis=2)
-            yield frame.astype(np.uint8, copy=False)
-    except ImagingError:
-        raise
-    except Exception as error:  # decoder plugins raise many types; keep the cause
-        raise ImagingError(f"instance {source.uid}: tiles can't be decoded: {error}") from error
+    for frame in decode_each(source.pixels, indices, f"instance {source.uid}: tiles"):
+        if frame.ndim == 2:  # monochrome (e.g. fluorescence): grey in R = G = B
+            frame = np.repeat(frame[..., None], 3, axis=2)
+        yield frame.astype(np.uint8, copy=False)
 
 
 def _paste(

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom import Dataset
 
 from node.config import ImagingSettings, LocalizationSettings, Output, Task
 from node.imaging.context import ClinicalContext
+from node.imaging.dicom_io import read_dataset
+from node.imaging.errors import ImagingError
 from node.inference.answers import (
     LabResult,
 )
@@ -56,17 +57,17 @@ class TaskInput:
 
 def read_instance(path: Path) -> Dataset:
     try:
-        return dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as e:
-        raise InputError(f"{path} can't be read: {e}") from e
+        return read_dataset(path)
+    except ImagingError as e:
+        raise InputError(str(e)) from e
 
 
 def readable_headers(paths: list[Path]) -> list[Dataset]:
     headers: list[Dataset] = []
     for path in paths:
         try:
-            headers.append(dcmread(path, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError):
+            headers.append(read_dataset(path, header_only=True))
+        except ImagingError:
             continue  # the imaging step already noted it
     return headers
 
@@ -143,8 +144,8 @@ def _previous_reports(job: TaskInput) -> list[Dataset]:
     reports: list[Dataset] = []
     for path in job.previous_results:
         try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError) as e:
+            ds = read_dataset(path, header_only=True)
+        except ImagingError as e:
             log.warning("earlier result %s unreadable, not cited as predecessor: %s", path, e)
             continue
         if ds.get("Modality") == "SR":

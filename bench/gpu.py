@@ -67,6 +67,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from node.files import write_atomically
 from node.inference.budgets import IMAGE_SIZE, MAX_VOLUME_SLICES, TOKENS_PER_IMAGE
 from node.inference.prompts import chat_messages, cxr_report_prompt, volume_prompt
 from node.inference.request import Prompt
@@ -749,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
         )
         # Written after each study, so a run that dies later keeps what it measured.
-        out.write_text(json.dumps(payload, indent=2) + "\n")
+        write_atomically(out, json.dumps(payload, indent=2) + "\n")
     for result in payload["studies"].values():
         print_table(result, list(bandwidths))
     print(

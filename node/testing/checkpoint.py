@@ -42,6 +42,7 @@ from transformers import (
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.utils import logging as hf_logging
 
+from node.files import write_atomically
 from node.inference import prompts
 from node.inference.answers import THINKING_END  # not special in Gemma: decoding keeps it
 from node.inference.budgets import IMAGE_SIZE
@@ -584,4 +585,4 @@ def _write_marker(directory: Path, seed: int) -> None:
         "torch": torch.__version__,
         "answers": ANSWERS,
     }
-    (directory / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    write_atomically(directory / MARKER_NAME, json.dumps(marker, indent=2) + "\n")

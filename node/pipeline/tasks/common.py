@@ -12,6 +12,7 @@ from pathlib import Path
 from pydicom import Dataset
 
 from node.config import ImagingSettings, LocalizationSettings, Output, Task
+from node.files import atomic_file, write_atomically
 from node.imaging.context import ClinicalContext
 from node.imaging.dicom_io import read_dataset
 from node.imaging.errors import ImagingError
@@ -101,9 +102,10 @@ def save_model_inputs(prompt: Prompt, out_dir: Path, meta: dict[str, object]) ->
     """Write exactly what the model receives: images in prompt order, the prompt, metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for number, image in enumerate(prompt.images):
-        image.save(out_dir / f"{number:03d}.png")
-    (out_dir / "prompt.txt").write_text(prompt.text + "\n", encoding="utf-8")
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        with atomic_file(out_dir / f"{number:03d}.png") as handle:
+            image.save(handle, format="PNG")
+    write_atomically(out_dir / "prompt.txt", prompt.text + "\n")
+    write_atomically(out_dir / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def measurement_report(

@@ -45,7 +45,8 @@ from node.imaging.pixels import decode_frames
 from node.imaging.radiograph import pixel_padding_mask
 from node.imaging.resample import AxialGrid, AxialResampler, axial_grid, stack_to_sitk
 from node.imaging.square import Padding, pad_to_square, padding_for
-from node.imaging.stack import SHEAR_TOLERANCE_DEG, SUPPORTED_MODALITIES, assemble_stack
+from node.imaging.stack import SUPPORTED_MODALITIES, assemble_stack
+from node.imaging.stack_geometry import SHEAR_TOLERANCE_DEG
 from node.imaging.stack_types import Frame, Plane, Stack
 from node.inference.budgets import MAX_VOLUME_SLICES as MAX_SLICES
 

@@ -204,9 +204,9 @@ def build_processor() -> Gemma3Processor:
 
     Its vocabulary is ~1k tokens, so every id stays below the model's 262,208.
     """
-    from node.testing.checkpoint import _build_processor  # the test model's own builder
+    from node.testing.processor import build_processor as build_test_processor
 
-    small = _build_processor()
+    small = build_test_processor()  # the test model's own
     processor = Gemma3Processor(
         image_processor=small.image_processor,
         tokenizer=small.tokenizer,

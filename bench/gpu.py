@@ -67,13 +67,13 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from node.files import write_atomically
+from node.inference.budgets import IMAGE_SIZE, MAX_VOLUME_SLICES, TOKENS_PER_IMAGE
 from node.inference.prompts import chat_messages, cxr_report_prompt, volume_prompt
 from node.inference.request import Prompt
 
-IMAGE_SIZE = 896
-TOKENS_PER_IMAGE = 256
 REPORT_NEW_TOKENS = 300
-CT_SLICES = 85
+CT_SLICES = MAX_VOLUME_SLICES
 CT_NEW_TOKENS = 300
 WARMUP_NEW_TOKENS = 8
 MAX_BATCH = 256
@@ -204,9 +204,9 @@ def build_processor() -> Gemma3Processor:
 
     Its vocabulary is ~1k tokens, so every id stays below the model's 262,208.
     """
-    from node.testing.checkpoint import _build_processor  # the test model's own builder
+    from node.testing.processor import build_processor as build_test_processor
 
-    small = _build_processor()
+    small = build_test_processor()  # the test model's own
     processor = Gemma3Processor(
         image_processor=small.image_processor,
         tokenizer=small.tokenizer,
@@ -750,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
         )
         # Written after each study, so a run that dies later keeps what it measured.
-        out.write_text(json.dumps(payload, indent=2) + "\n")
+        write_atomically(out, json.dumps(payload, indent=2) + "\n")
     for result in payload["studies"].values():
         print_table(result, list(bandwidths))
     print(

@@ -109,6 +109,7 @@ def main() -> int:
 
     from fixtures.series import write_fast_ct_series
     from node.imaging.volume import series_to_volume_input
+    from node.inference.budgets import MAX_VOLUME_SLICES
 
     workdir = Path(tempfile.mkdtemp(prefix="mgn-bench-imaging-"))
     try:
@@ -123,7 +124,7 @@ def main() -> int:
             t0 = time.perf_counter()
             volume = series_to_volume_input(speed_paths)
             ours.append(time.perf_counter() - t0)
-            assert len(volume.images) == 85, len(volume.images)
+            assert len(volume.images) == MAX_VOLUME_SLICES, len(volume.images)
             t0 = time.perf_counter()
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)

@@ -35,11 +35,11 @@ from PIL import Image
 
 from bench.pipeline import machine
 from node.inference import prompts
+from node.inference.budgets import TOKENS_PER_IMAGE as MEDGEMMA_TOKENS_PER_IMAGE
 from node.inference.engine import TransformersEngine
 from node.inference.request import Prompt
 from node.testing.checkpoint import TOKENS_PER_IMAGE, build_test_model
 
-MEDGEMMA_TOKENS_PER_IMAGE = 256
 FINDINGS = ("pleural effusion", "consolidation", "pulmonary edema", "pneumothorax", "pneumonia")
 # A comparison of typical length (the notebook allows 600 new tokens).
 COMPARISON = (

@@ -126,6 +126,22 @@ def test_level_nearest_10x(result: WsiInput, headers: list[Dataset]) -> None:
     assert result.notes == []
 
 
+def test_level_instances_are_the_chosen_levels_in_the_given_order(
+    result: WsiInput, headers: list[Dataset]
+) -> None:
+    rows, columns, _ = _levels(headers)[result.level_index]
+    expected = [
+        str(ds.SOPInstanceUID)
+        for ds in headers
+        if (int(ds.TotalPixelMatrixRows), int(ds.TotalPixelMatrixColumns)) == (rows, columns)
+    ]
+    assert len(expected) > 1  # the 10X level is a concatenation
+    assert [str(ds.SOPInstanceUID) for ds in result.level_instances] == expected
+    # Reversed input, reversed evidence: the order given, not the concatenation's.
+    reversed_result = wsi_to_patches(list(reversed([Path(ds.filename) for ds in headers])))
+    assert [str(ds.SOPInstanceUID) for ds in reversed_result.level_instances] == expected[::-1]
+
+
 def test_patches_are_full_896_rgb_in_sampled_order(
     result: WsiInput, headers: list[Dataset]
 ) -> None:

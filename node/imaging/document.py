@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pypdfium2 as pdfium
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import pixel_array
 from pydicom.uid import (
     UID,
     EncapsulatedCDAStorage,
@@ -49,6 +47,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
+from node.imaging.dicom_io import decode_pixels, read_dataset
 from node.imaging.errors import ImagingError
 
 # One implementation of the grey-scale display pipeline for the whole stage.
@@ -164,7 +163,7 @@ def document_to_pages(
     notes: list[str] = []
     total = 0
     for source in datasets_or_paths:
-        ds = source if isinstance(source, Dataset) else _read(Path(source))
+        ds = source if isinstance(source, Dataset) else read_dataset(source)
         uid = str(ds.get("SOPInstanceUID", "<no SOPInstanceUID>"))
         # Pages past the cap are counted (and their instance validated) but
         # never rendered or decoded.
@@ -354,14 +353,10 @@ def _frame_page(
     notes: list[str],
 ) -> Image.Image:
     """Frame ``index`` as an 8-bit RGB page, scaled down past ``max_side``."""
-    try:
-        # One frame at a time (and not ds.pixel_array, which caches the whole
-        # decoded multi-frame array on the data set).
-        raw = pixel_array(ds, index=index if frames > 1 else None)
-    except Exception as exc:  # decoders raise many types; all mean "can't decode"
-        raise ImagingError(
-            f"SOP instance {uid}: frame {index + 1} can't be decoded: {exc}"
-        ) from exc
+    # One frame at a time: a multi-frame scan is never decoded whole.
+    raw = decode_pixels(
+        ds, f"SOP instance {uid}: frame {index + 1}", index=index if frames > 1 else None
+    )
     if photometric in _COLOUR:
         rgb = _colour_to_rgb8(raw, ds)
     else:
@@ -378,10 +373,3 @@ def _frame_page(
         # LANCZOS keeps thin strokes of small print; nearest would break them up.
         image = image.resize(size, Image.Resampling.LANCZOS)
     return image
-
-
-def _read(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as exc:  # InvalidDicomError, OSError, struct errors on truncation
-        raise ImagingError(f"file {path.name}: not readable as DICOM: {exc}") from exc

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from pydicom.pixels import iter_pixels, pixel_array
 
-from node.imaging.errors import ImagingError
+from node.imaging.dicom_io import decode_each, decode_pixels
 from node.imaging.stack_types import Frame
 
 
@@ -23,7 +22,9 @@ def decode_frames(frames: Sequence[Frame], series_uid: str) -> Iterator[np.ndarr
     decoded: dict[tuple[int, int], np.ndarray] = {}
     for frame in frames:
         if frame.frame_index is None:
-            yield _decode_single(frame, series_uid)
+            yield decode_pixels(
+                frame.source, f"series {series_uid}: pixel data of SOP instance {frame.label}"
+            )
             continue
         key = (id(frame.source), frame.frame_index)
         if key not in decoded:
@@ -35,20 +36,9 @@ def decode_frames(frames: Sequence[Frame], series_uid: str) -> Iterator[np.ndarr
         yield decoded.pop(key)
 
 
-def _decode_single(frame: Frame, series_uid: str) -> np.ndarray:
-    try:
-        return pixel_array(frame.source)
-    except Exception as exc:  # decoder errors come in many types; all mean "unusable"
-        raise ImagingError(
-            f"series {series_uid}: pixel data of SOP instance {frame.label} can't be decoded: {exc}"
-        ) from exc
-
-
 def _decode_multi(frame: Frame, indices: list[int], series_uid: str) -> list[np.ndarray]:
-    try:
-        return list(iter_pixels(frame.source, indices=indices))
-    except Exception as exc:
-        raise ImagingError(
-            f"series {series_uid}: pixel data of {frame.label.split(' frame ')[0]} "
-            f"(frames {indices[0] + 1}…{indices[-1] + 1}) can't be decoded: {exc}"
-        ) from exc
+    what = (
+        f"series {series_uid}: pixel data of {frame.label.split(' frame ')[0]} "
+        f"(frames {indices[0] + 1}…{indices[-1] + 1})"
+    )
+    return list(decode_each(frame.source, indices, what))

@@ -23,8 +23,9 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing, pixel_array
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 
+from node.imaging.dicom_io import decode_pixels, read_dataset
 from node.imaging.errors import ImagingError
 from node.imaging.square import Padding, pad_to_square
 
@@ -88,7 +89,7 @@ def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
         No pixel data, multi-frame, an unsupported PhotometricInterpretation, or
         pixel data that can't be decoded; the message names the SOPInstanceUID.
     """
-    ds = source if isinstance(source, Dataset) else _read(Path(source))
+    ds = source if isinstance(source, Dataset) else read_dataset(source)
     uid = str(ds.get("SOPInstanceUID", "<no SOPInstanceUID>"))
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
 
@@ -105,12 +106,7 @@ def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
             f"SOP instance {uid}: {frames} frames; only single-frame radiographs are supported"
         )
 
-    try:
-        # pixel_array() rather than ds.pixel_array: the latter caches the decoded
-        # array on the dataset, which would keep ~7 MB per radiograph alive.
-        raw = pixel_array(ds)
-    except Exception as exc:  # decoders raise many types; all mean "can't decode"
-        raise ImagingError(f"SOP instance {uid}: pixel data can't be decoded: {exc}") from exc
+    raw = decode_pixels(ds, f"SOP instance {uid}: pixel data")
 
     notes: list[str] = []
     window: tuple[float, float] | None = None
@@ -153,13 +149,6 @@ def pixel_padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
         low, high = sorted((value, int(limit)))
         mask = (raw >= low) & (raw <= high)
     return mask if bool(mask.any()) else None
-
-
-def _read(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as exc:  # InvalidDicomError, OSError, struct errors on truncation
-        raise ImagingError(f"file {path.name}: not readable as DICOM: {exc}") from exc
 
 
 def _greyscale_to_8bit(

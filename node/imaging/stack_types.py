@@ -76,6 +76,17 @@ class Frame:
         intercept = self.attributes.rescale_intercept
         return 0.0 if intercept is None else intercept
 
+    @property
+    def instance_number(self) -> int | None:
+        """The header's InstanceNumber; None when absent, blank or not an integer."""
+        value = self.header.get("InstanceNumber")
+        if value is None or str(value).strip() == "":
+            return None
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+
 
 @dataclass(frozen=True)
 class Gap:

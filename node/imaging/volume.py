@@ -21,7 +21,7 @@ The path, and why each step is there:
 5. CT: HU through three fixed windows into R, G, B (a 2049-entry lookup table
    built with the notebook's own float32 arithmetic, rounded with ``np.round``).
    MR: one min–max over the whole volume (every slice, not only the sampled
-   ones), rounded, grey in R = G = B.
+   ones), rounded, grey in R = G = B (:mod:`node.imaging.volume_windows`).
 6. Zero-pad a non-square slice to a square, centred, as the official container
    does to every image (:mod:`node.imaging.square`); ``VolumeInput.padding``
    says where the slice sits.
@@ -38,15 +38,24 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 
 from node.imaging.errors import ImagingError
 from node.imaging.pixels import decode_frames
-from node.imaging.radiograph import pixel_padding_mask
 from node.imaging.resample import AxialGrid, AxialResampler, axial_grid, stack_to_sitk
 from node.imaging.square import Padding, pad_to_square, padding_for
-from node.imaging.stack import SHEAR_TOLERANCE_DEG, SUPPORTED_MODALITIES, assemble_stack
+from node.imaging.stack import SUPPORTED_MODALITIES, assemble_stack
+from node.imaging.stack_geometry import SHEAR_TOLERANCE_DEG
 from node.imaging.stack_types import Frame, Plane, Stack
+from node.imaging.volume_windows import (
+    AIR_HU,
+    CT_WINDOWS,
+    ValueRange,
+    background_value,
+    ct_rgb,
+    grey_images,
+    modality_values,
+)
+from node.inference.budgets import MAX_VOLUME_SLICES as MAX_SLICES
 
 logger = logging.getLogger(__name__)
 
@@ -60,21 +69,6 @@ __all__ = [
     "series_to_sitk",
     "series_to_volume_input",
 ]
-
-MAX_SLICES = 85
-"""MedGemma 1.5's slice budget: 85 × 256 = 21,760 image tokens."""
-
-CT_WINDOWS: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = (
-    (-1024, 1024),  # R: wide (air … bone)
-    (-135, 215),  # G: soft tissue. The container's (135, 215) is a sign slip; notebook/report: −135
-    (0, 80),  # B: brain
-)
-"""HU clip ranges per channel, from the 1.5 CT notebook and technical report."""
-
-AIR_HU = CT_WINDOWS[0][0]
-"""Padding and everything outside a resampled CT: black in all three windows."""
-MR_BACKGROUND = 0.0
-"""Everything outside a resampled MR."""
 
 Sources = Sequence[Dataset] | Sequence[Path] | Sequence[str]
 
@@ -186,7 +180,7 @@ def series_to_volume_input(
                 f"resampled from the acquisition plane ({_plane_text(stack)}) to axial with "
                 f"SimpleITK (linear; {grid.spacing[0]:.2f} mm pixels, slices "
                 f"{grid.spacing[2]:.2f} mm apart, {grid.size[2]} axial slices; "
-                f"{_background(stack):g} outside the source)"
+                f"{background_value(stack.modality):g} outside the source)"
             )
             geometry["resampled_grid"] = {
                 "origin_mm": [round(v, 4) for v in grid.origin],
@@ -285,7 +279,9 @@ def series_to_sitk(
             f"series {stack.series_uid}: slices are not evenly spaced, one step can't place them "
             f"({'; '.join(n for n in stack.notes if 'gap' in n or 'irregular' in n)})"
         )
-    volume = _stack_volume(stack, fill_padding=_background(stack) if mask_padding else None)
+    volume = _stack_volume(
+        stack, fill_padding=background_value(stack.modality) if mask_padding else None
+    )
     return stack_to_sitk(stack, volume)
 
 
@@ -296,10 +292,10 @@ def _acquired_images(stack: Stack, sampled: list[Frame], notes: list[str]) -> li
     if stack.modality == "CT":
         images = []
         for frame, raw in zip(sampled, decode_frames(sampled, stack.series_uid), strict=True):
-            hu, padding = _values(frame, raw)
+            hu, padding = modality_values(frame, raw)
             if padding is not None:
                 hu[padding] = AIR_HU
-            images.append(Image.fromarray(_ct_rgb(hu)))
+            images.append(Image.fromarray(ct_rgb(hu)))
         return images
     rows, columns = stack.frames[0].key[2], stack.frames[0].key[3]
     # One float32 block of the sampled slices, filled slice by slice: no list of
@@ -308,16 +304,16 @@ def _acquired_images(stack: Stack, sampled: list[Frame], notes: list[str]) -> li
     # sample); only the sampled ones are kept.
     volume = np.empty((len(sampled), rows, columns), dtype=np.float32)
     slots = {id(frame): k for k, frame in enumerate(sampled)}
-    value_range = _Range()
+    value_range = ValueRange()
     for frame, raw in zip(stack.frames, decode_frames(stack.frames, stack.series_uid), strict=True):
-        values, padding = _values(frame, raw)
+        values, padding = modality_values(frame, raw)
         value_range.add(values, padding)
         k = slots.get(id(frame))
         if k is not None:
             volume[k] = values
             if padding is not None:
                 volume[k][padding] = np.nan
-    return _grey_images(volume, value_range, notes)
+    return grey_images(volume, value_range, notes)
 
 
 # --- resampled ----------------------------------------------------------------------
@@ -338,24 +334,24 @@ def _why_not_resample(stack: Stack) -> str | None:
 def _resampled_images(
     stack: Stack, max_slices: int, notes: list[str]
 ) -> tuple[list[Image.Image], list[int], list[float], AxialGrid]:
-    background = _background(stack)
-    value_range = _Range()
+    background = background_value(stack.modality)
+    value_range = ValueRange()
     image = stack_to_sitk(stack, _stack_volume(stack, fill_padding=background, seen=value_range))
     grid = axial_grid(image)
     indices = sample_indices(grid.size[2], max_slices)
     resampler = AxialResampler(image, grid, default_value=background)
     if stack.modality == "CT":
-        images = [Image.fromarray(_ct_rgb(resampler.slice(k))) for k in indices]
+        images = [Image.fromarray(ct_rgb(resampler.slice(k))) for k in indices]
     else:
         block = np.empty((len(indices), grid.size[1], grid.size[0]), dtype=np.float32)
         for n, k in enumerate(indices):
             block[n] = resampler.slice(k)
-        images = _grey_images(block, value_range, notes)
+        images = grey_images(block, value_range, notes)
     return images, indices, [grid.z(k) for k in indices], grid
 
 
 def _stack_volume(
-    stack: Stack, *, fill_padding: float | None, seen: _Range | None = None
+    stack: Stack, *, fill_padding: float | None, seen: ValueRange | None = None
 ) -> np.ndarray:
     """Every frame's modality values in one ``(slices, rows, columns)`` block.
 
@@ -368,7 +364,7 @@ def _stack_volume(
     volume = np.empty((len(frames), rows, columns), dtype=np.int16)
     decoded = decode_frames(frames, stack.series_uid)
     for k, (frame, raw) in enumerate(zip(frames, decoded, strict=True)):
-        values, padding = _values(frame, raw)
+        values, padding = modality_values(frame, raw)
         if seen is not None:
             seen.add(values, padding)
         if padding is not None and fill_padding is not None:
@@ -388,103 +384,6 @@ def _stack_volume(
     return volume
 
 
-# --- values and windows --------------------------------------------------------------
-
-
-def _values(frame: Frame, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(modality values, padding mask) of one frame.
-
-    int32 when the rescale is integral (the LUT path), else float32. Single-frame
-    Modality LUT sequences go through pydicom.
-    """
-    padding = pixel_padding_mask(raw, frame.header)
-    slope, intercept = frame.slope, frame.intercept
-    values: np.ndarray
-    if frame.frame_index is None and "ModalityLUTSequence" in frame.header:
-        values = np.asarray(apply_modality_lut(raw, frame.header), dtype=np.float32)
-    elif raw.dtype.kind in "iu" and slope.is_integer() and intercept.is_integer():
-        values = raw.astype(np.int32)
-        if slope != 1:
-            values *= int(slope)
-        if intercept != 0:
-            values += int(intercept)
-    else:
-        values = (raw.astype(np.float64) * slope + intercept).astype(np.float32)
-    return values, padding
-
-
-def _notebook_norm(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """The notebook's per-channel arithmetic: clip, float32, −low, ÷(high−low), ×255,
-    ``np.round`` (half to even), to uint8.
-
-    Rounding, not truncation: HU 0 gives R = 128 (127.5 rounds to even) and G = 98.
-    """
-    out = np.clip(values, low, high).astype(np.float32)
-    out -= np.float32(low)
-    out /= np.float32(high - low)
-    out *= np.float32(255.0)
-    return np.round(out).astype(np.uint8)
-
-
-def _build_ct_lut() -> np.ndarray:
-    """(2049, 3) uint8: row h + 1024 holds the RGB of integer HU h in [−1024, 1024].
-
-    Every window lies inside [−1024, 1024], so clipping to that range first and
-    indexing is exact for integer HU, and ~2× faster than the float math.
-    """
-    low, high = CT_WINDOWS[0]
-    hu = np.arange(low, high + 1, dtype=np.int32)
-    return np.stack([_notebook_norm(hu, lo, hi) for lo, hi in CT_WINDOWS], axis=-1)
-
-
-_CT_LUT = _build_ct_lut()
-
-
-def _ct_rgb(hu: np.ndarray) -> np.ndarray:
-    """(rows, cols, 3) uint8 from HU: LUT for integer HU, notebook float math otherwise."""
-    if hu.dtype.kind in "iu":
-        # take(mode="clip") clamps the index to the table, which is exactly
-        # clipping HU to [−1024, 1024], in one pass (~30% faster than clip + index).
-        return _CT_LUT.take(hu - CT_WINDOWS[0][0], axis=0, mode="clip")
-    return np.stack([_notebook_norm(hu, lo, hi) for lo, hi in CT_WINDOWS], axis=-1)
-
-
-class _Range:
-    """The lowest and highest value seen over many slices, padding left out."""
-
-    def __init__(self) -> None:
-        self.low = np.inf
-        self.high = -np.inf
-
-    def add(self, values: np.ndarray, padding: np.ndarray | None) -> None:
-        data = values if padding is None else values[~padding]
-        if data.size:
-            self.low = min(self.low, float(data.min()))
-            self.high = max(self.high, float(data.max()))
-
-
-def _grey_images(volume: np.ndarray, value_range: _Range, notes: list[str]) -> list[Image.Image]:
-    """The whole volume's min–max applied to the float32 block, rounded, R = G = B.
-
-    NaN (padding) becomes 0; values outside the range (a resampled volume's
-    background) are clipped to it.
-    """
-    low, high = value_range.low, value_range.high
-    if not np.isfinite(low):
-        low = high = 0.0
-    if high <= low:
-        notes.append(f"constant volume (value {low:g}): all slices black")
-        grey = np.zeros(volume.shape, dtype=np.uint8)
-    else:
-        np.clip(volume, low, high, out=volume)
-        volume -= np.float32(low)
-        volume /= np.float32(high - low)
-        volume *= np.float32(255.0)
-        np.nan_to_num(volume, copy=False, nan=0.0)
-        grey = np.round(volume, out=volume).astype(np.uint8)
-    return [Image.fromarray(np.repeat(g[..., np.newaxis], 3, axis=-1)) for g in grey]
-
-
 # --- small helpers -------------------------------------------------------------------
 
 
@@ -501,10 +400,6 @@ def _slice_source(frame: Frame) -> SliceSource | None:
         return None
     number = frame.frame_index + 1 if frame.frame_index is not None else None
     return SliceSource(str(sop_class), uid, number)
-
-
-def _background(stack: Stack) -> float:
-    return float(AIR_HU) if stack.modality == "CT" else MR_BACKGROUND
 
 
 def _plane_text(stack: Stack) -> str:

@@ -12,12 +12,10 @@ from typing import Any, Literal
 from PIL import Image
 
 from node.config import Task
+from node.inference.budgets import MAX_LAB_REPORT_PAGES, MAX_VOLUME_SLICES, MAX_WSI_PATCHES
 from node.inference.request import Prompt
 
 VolumeModality = Literal["CT", "MR"]
-
-# The notebooks' limit: 85 slices × 256 image tokens fits the training context.
-MAX_VOLUME_SLICES = 85
 
 REPORT_SYSTEM = "You are an expert radiologist."
 REPORT_INSTRUCTION = "Describe this X-ray."
@@ -91,8 +89,6 @@ WSI_TISSUE_PROCEDURE = "{tissue}, {procedure}:"
 # Said instead of a tissue or procedure the slide's metadata doesn't give: inventing one
 # would steer the description.
 WSI_UNKNOWN = "unknown"
-# The notebook's cap: random.sample(patches, k=min(125, n)).
-MAX_WSI_PATCHES = 125
 
 # Lab reports: the technical report's extraction prompt (appendix B, table 11), the words
 # verbatim as MEDGEMMA.md quotes them. The table shows a line break (a run of spaces, as
@@ -105,10 +101,6 @@ LAB_REPORT_PROMPT = (
     "Each test object in the list must include: name, result, unit, range, panel, method, "
     "specimen, sample_collection_time (formatted as DD-MM-YYYY HH:MM:SS)"
 )
-# Each page costs 256 image tokens on MedGemma; this is the volume prompt's image budget
-# (85 × 256 = 21,760 tokens), the longest image context the model was tuned on with a
-# long text around it. Longer reports should be split into several requests.
-MAX_LAB_REPORT_PAGES = 85
 
 REPORT_MAX_NEW_TOKENS = 600
 VOLUME_MAX_NEW_TOKENS = 2000

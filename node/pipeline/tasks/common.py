@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import Dataset, dcmread
-from pydicom.errors import InvalidDicomError
+from pydicom import Dataset
 
 from node.config import ImagingSettings, LocalizationSettings, Output, Task
+from node.files import atomic_file, write_atomically
 from node.imaging.context import ClinicalContext
+from node.imaging.dicom_io import read_dataset
+from node.imaging.errors import ImagingError
 from node.inference.answers import (
     LabResult,
 )
@@ -57,17 +59,17 @@ class TaskInput:
 
 def read_instance(path: Path) -> Dataset:
     try:
-        return dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as e:
-        raise InputError(f"{path} can't be read: {e}") from e
+        return read_dataset(path)
+    except ImagingError as e:
+        raise InputError(str(e)) from e
 
 
 def readable_headers(paths: list[Path]) -> list[Dataset]:
     headers: list[Dataset] = []
     for path in paths:
         try:
-            headers.append(dcmread(path, stop_before_pixels=True))
-        except (InvalidDicomError, OSError, ValueError):
+            headers.append(read_dataset(path, header_only=True))
+        except ImagingError:
             continue  # the imaging step already noted it
     return headers
 
@@ -101,9 +103,10 @@ def save_model_inputs(prompt: Prompt, out_dir: Path, meta: dict[str, object]) ->
     """Write exactly what the model receives: images in prompt order, the prompt, metadata."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for number, image in enumerate(prompt.images):
-        image.save(out_dir / f"{number:03d}.png")
-    (out_dir / "prompt.txt").write_text(prompt.text + "\n", encoding="utf-8")
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        with atomic_file(out_dir / f"{number:03d}.png") as handle:
+            image.save(handle, format="PNG")
+    write_atomically(out_dir / "prompt.txt", prompt.text + "\n")
+    write_atomically(out_dir / "meta.json", json.dumps(meta, indent=2, default=str) + "\n")
 
 
 def result_author(engine: Engine) -> ResultAuthor:
@@ -148,8 +151,8 @@ def _previous_reports(job: TaskInput) -> list[Dataset]:
     reports: list[Dataset] = []
     for path in job.previous_results:
         try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError) as e:
+            ds = read_dataset(path, header_only=True)
+        except ImagingError as e:
             log.warning("earlier result %s unreadable, not cited as predecessor: %s", path, e)
             continue
         if ds.get("Modality") == "SR":

@@ -170,6 +170,48 @@ class Orthanc:
         return result
 
 
+class DcmQrScp:
+    """DCMTK's dcmqrscp as a PACS (C-FIND, C-MOVE, C-GET, C-STORE) with its own storage area.
+
+    ``move_destinations``: the AE titles it may C-MOVE to, each listening on that loopback port.
+    """
+
+    def __init__(
+        self, workdir: Path, move_destinations: dict[str, int], *, aet: str = "DCMQR"
+    ) -> None:
+        self.workdir, self.aet, self.port = workdir, aet, free_port()
+        self.move_destinations = move_destinations
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DcmQrScp:
+        storage = self.workdir / "db"
+        storage.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "dcmqrscp.cfg"
+        hosts = "".join(
+            f"dest{number} = ({ae}, 127.0.0.1, {port})\n"
+            for number, (ae, port) in enumerate(self.move_destinations.items())
+        )
+        config.write_text(
+            f"NetworkTCPPort = {self.port}\nMaxPDUSize = 65536\nMaxAssociations = 16\n\n"
+            f"HostTable BEGIN\n{hosts}HostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
+            "AETable BEGIN\n"
+            f"{self.aet} {storage} RW (100, 1024mb) ANY\n"
+            "AETable END\n"
+        )
+        log = (self.workdir / "dcmqrscp.log").open("wb")
+        self.process = subprocess.Popen(
+            ["dcmqrscp", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, env=NODELAY_ENV
+        )
+        wait_for(lambda: port_open(self.port), timeout=10, what="dcmqrscp to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
 class Postgres:
     """A throwaway PostgreSQL cluster owned by the ``postgres`` user, trust auth on loopback."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -42,7 +41,7 @@ from node.priors import (
     write_instance,
 )
 from tests.conftest import storescu
-from tests.peers import NODELAY_ENV, Orthanc, free_port, port_open, wait_for
+from tests.peers import DcmQrScp, Orthanc, free_port
 
 NODE_AE = "MEDGEMMA"
 MOVE_AE = "PRIORSCP"
@@ -120,40 +119,6 @@ class MoveTarget:
         self._server.shutdown()
 
 
-class DcmQrScp:
-    """DCMTK's dcmqrscp as a second PACS with its own storage area."""
-
-    def __init__(self, workdir: Path, move_port: int, *, aet: str = "DCMQR") -> None:
-        self.workdir, self.aet, self.port = workdir, aet, free_port()
-        self.move_port = move_port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DcmQrScp:
-        storage = self.workdir / "db"
-        storage.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "dcmqrscp.cfg"
-        config.write_text(
-            f"NetworkTCPPort = {self.port}\nMaxPDUSize = 65536\nMaxAssociations = 16\n\n"
-            "HostTable BEGIN\n"
-            f"priorscp = ({MOVE_AE}, 127.0.0.1, {self.move_port})\n"
-            "HostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
-            "AETable BEGIN\n"
-            f"{self.aet} {storage} RW (100, 1024mb) ANY\n"
-            "AETable END\n"
-        )
-        log = (self.workdir / "dcmqrscp.log").open("wb")
-        self.process = subprocess.Popen(
-            ["dcmqrscp", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, env=NODELAY_ENV
-        )
-        wait_for(lambda: port_open(self.port), timeout=10, what="dcmqrscp to listen")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory) -> Studies:
@@ -201,7 +166,9 @@ def orthanc_pacs(
 def dcmqrscp(
     tmp_path_factory: pytest.TempPathFactory, studies: Studies, move_target: MoveTarget
 ) -> Iterator[DcmQrScp]:
-    server = DcmQrScp(tmp_path_factory.mktemp("priors-dcmqrscp"), move_target.port).start()
+    server = DcmQrScp(
+        tmp_path_factory.mktemp("priors-dcmqrscp"), {MOVE_AE: move_target.port}
+    ).start()
     try:
         # -R: propose what the files are (the default list lacks Comprehensive 3D SR).
         sent = storescu(server.port, studies.all, called=server.aet, extra=["-R"])

@@ -18,6 +18,7 @@ search and retrieve is one audit event; patient values of a query are withheld u
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -39,6 +40,13 @@ from node.http.retrieve import Retrieval
 from node.store.catalog import Catalog
 
 __all__ = ["ROOT", "dicomweb_router"]
+
+
+class Rendition(StrEnum):
+    """The two consumer-ready forms of an image WADO-RS serves (PS3.18 10.4.1.1.3)."""
+
+    RENDERED = "rendered"
+    THUMBNAIL = "thumbnail"  # the same, within 256×256 unless a viewport says otherwise
 
 
 class _Search:
@@ -185,30 +193,26 @@ def dicomweb_router(catalog: Catalog, audit: AuditLog) -> APIRouter:
         (record,) = routes.held(study_uid, series_uid, sop_uid)
         return routes.bulk_data(request, record, location)
 
-    # WADO-RS: rendered and thumbnail
-    @router.get(instance + "/rendered")
-    def rendered(request: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
+    # WADO-RS: rendered and thumbnail (after /metadata, which the first would otherwise take)
+    @router.get(instance + "/{rendition}")
+    def rendered(
+        request: Request, study_uid: str, series_uid: str, sop_uid: str, rendition: Rendition
+    ) -> Response:
         (record,) = routes.held(study_uid, series_uid, sop_uid)
-        return routes.rendered(request, record, None, thumbnail=False)
+        return routes.rendered(request, record, None, thumbnail=rendition is Rendition.THUMBNAIL)
 
-    @router.get(instance + "/frames/{frame_list}/rendered")
+    @router.get(instance + "/frames/{frame_list}/{rendition}")
     def rendered_frame(
-        request: Request, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
+        request: Request,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        frame_list: str,
+        rendition: Rendition,
     ) -> Response:
         (record,) = routes.held(study_uid, series_uid, sop_uid)
-        return routes.rendered(request, record, frame_list, thumbnail=False)
-
-    @router.get(instance + "/thumbnail")
-    def thumbnail(request: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
-        (record,) = routes.held(study_uid, series_uid, sop_uid)
-        return routes.rendered(request, record, None, thumbnail=True)
-
-    @router.get(instance + "/frames/{frame_list}/thumbnail")
-    def frame_thumbnail(
-        request: Request, study_uid: str, series_uid: str, sop_uid: str, frame_list: str
-    ) -> Response:
-        (record,) = routes.held(study_uid, series_uid, sop_uid)
-        return routes.rendered(request, record, frame_list, thumbnail=True)
+        thumbnail = rendition is Rendition.THUMBNAIL
+        return routes.rendered(request, record, frame_list, thumbnail=thumbnail)
 
     @router.get(series + "/thumbnail")
     def series_thumbnail(request: Request, study_uid: str, series_uid: str) -> Response:

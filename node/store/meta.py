@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.tag import BaseTag, Tag
@@ -54,36 +55,46 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-# What from_dataset reads: the receive path parses only these.
+# Which attribute each field holds, by how it is read. The receive path parses only
+# these (INDEXED_TAGS), so a field added here is read everywhere an instance is filed.
+_UIDS = {
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "sop_uid": "SOPInstanceUID",
+    "sop_class_uid": "SOPClassUID",
+}
+_TEXTS = {
+    "patient_id": "PatientID",
+    "accession_number": "AccessionNumber",
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+    "series_description": "SeriesDescription",
+    "image_type": "ImageType",
+    # What DICOMweb queries and the worklist answer with (QIDO-RS's required keys).
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "study_description": "StudyDescription",
+    "referring_physician": "ReferringPhysicianName",
+    "dicom_study_id": "StudyID",
+}
+_INTEGERS = {
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "rows": "Rows",
+    "columns": "Columns",
+    "number_of_frames": "NumberOfFrames",
+}
 INDEXED_TAGS: list[BaseTag | int] = [
     Tag(keyword)
     for keyword in (
         "SpecificCharacterSet",
-        "ImageType",
-        "SOPClassUID",
-        "SOPInstanceUID",
-        "AccessionNumber",
-        "Modality",
         "Manufacturer",
-        "SeriesDescription",
-        "PatientID",
-        "BodyPartExamined",
-        "StudyInstanceUID",
-        "SeriesInstanceUID",
-        # What DICOMweb queries and the worklist answer with (QIDO-RS's required keys).
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-        "StudyDescription",
-        "PatientName",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyID",
-        "SeriesNumber",
-        "InstanceNumber",
-        "NumberOfFrames",
-        "Rows",
-        "Columns",
+        *_UIDS.values(),
+        *_TEXTS.values(),
+        *_INTEGERS.values(),
     )
 ]
 
@@ -124,31 +135,14 @@ class InstanceMeta:
     def from_dataset(
         cls, ds: Dataset, *, transfer_syntax_uid: str, calling_ae: str | None
     ) -> InstanceMeta:
+        values: dict[str, Any] = {
+            **{field: _uid(ds, keyword) for field, keyword in _UIDS.items()},
+            **{field: _text(ds, keyword) for field, keyword in _TEXTS.items()},
+            **{field: _integer(ds, keyword) for field, keyword in _INTEGERS.items()},
+        }
         return cls(
-            study_uid=_uid(ds, "StudyInstanceUID"),
-            series_uid=_uid(ds, "SeriesInstanceUID"),
-            sop_uid=_uid(ds, "SOPInstanceUID"),
-            sop_class_uid=_uid(ds, "SOPClassUID"),
+            **values,
             transfer_syntax_uid=transfer_syntax_uid,
-            patient_id=_text(ds, "PatientID"),
-            accession_number=_text(ds, "AccessionNumber"),
-            modality=_text(ds, "Modality"),
-            body_part=_text(ds, "BodyPartExamined"),
-            series_description=_text(ds, "SeriesDescription"),
-            image_type=_text(ds, "ImageType"),
             calling_ae=calling_ae,
-            patient_name=_text(ds, "PatientName"),
-            patient_birth_date=_text(ds, "PatientBirthDate"),
-            patient_sex=_text(ds, "PatientSex"),
-            study_date=_text(ds, "StudyDate"),
-            study_time=_text(ds, "StudyTime"),
-            study_description=_text(ds, "StudyDescription"),
-            referring_physician=_text(ds, "ReferringPhysicianName"),
-            dicom_study_id=_text(ds, "StudyID"),
-            series_number=_integer(ds, "SeriesNumber"),
-            instance_number=_integer(ds, "InstanceNumber"),
-            rows=_integer(ds, "Rows"),
-            columns=_integer(ds, "Columns"),
-            number_of_frames=_integer(ds, "NumberOfFrames"),
             is_own_result=str(ds.get("Manufacturer", "")) == MANUFACTURER,
         )

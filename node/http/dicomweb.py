@@ -25,7 +25,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
 from node.audit import AuditEvent, AuditLog
-from node.http import media, qido, wado
+from node.http import media, qido, qido_answers, wado
 from node.http.media import (
     DICOM_JSON,
     ROOT,
@@ -103,12 +103,12 @@ class _Search:
     def _matches(self, query: Query, root: str) -> tuple[list[dict[str, Any]], bool]:
         if query.level is QueryLevel.STUDY:
             studies = self.catalog.search_studies(query.filters, query.page)
-            return [qido.study_json(r, query, root) for r in studies.records], studies.more
+            return [qido_answers.study_json(r, query, root) for r in studies.records], studies.more
         if query.level is QueryLevel.SERIES:
             series = self.catalog.search_series(query.filters, query.page)
-            return [qido.series_json(r, query, root) for r in series.records], series.more
+            return [qido_answers.series_json(r, query, root) for r in series.records], series.more
         found = self.catalog.search_instances(query.filters, query.page)
-        return [qido.instance_json(r, query, root) for r in found.records], found.more
+        return [qido_answers.instance_json(r, query, root) for r in found.records], found.more
 
 
 def dicomweb_router(catalog: Catalog, audit: AuditLog) -> APIRouter:

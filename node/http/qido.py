@@ -1,4 +1,4 @@
-"""QIDO-RS (PS3.18 10.6): query parameters into catalog filters, matches into DICOM JSON.
+"""QIDO-RS (PS3.18 10.6): query parameters into catalog filters (answers: qido_answers.py).
 
 Parameters name an attribute by keyword (``PatientID``) or tag (``00100020``). What the
 index can match:
@@ -27,23 +27,17 @@ person names), an empty one without ``Value``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from node.store.catalog import (
     Filters,
-    InstanceRecord,
     Page,
-    SeriesAttributes,
-    SeriesRecord,
-    StudyAttributes,
-    StudyRecord,
     TextField,
     TextMatch,
     ValueRange,
@@ -56,10 +50,7 @@ __all__ = [
     "BadQuery",
     "Query",
     "QueryLevel",
-    "instance_json",
     "parse_query",
-    "series_json",
-    "study_json",
 ]
 
 # Matches per answer when the client gives no limit, and the most it may ask for; a
@@ -432,124 +423,3 @@ def _defaults(level: QueryLevel, *, scoped_to_study: bool) -> set[str]:
     if level is QueryLevel.SERIES:
         return set(_SERIES_DEFAULT) | study
     return set(_INSTANCE_DEFAULT) | {"SeriesInstanceUID"} | study
-
-
-# -- answers ---------------------------------------------------------------------------
-
-
-def _element(keyword: str, value: object) -> tuple[str, dict[str, Any]]:
-    tag = tag_for_keyword(keyword)
-    assert tag is not None, keyword
-    vr = dictionary_VR(tag)
-    values: list[Any]
-    if value is None or value == "" or value == ():
-        return f"{tag:08X}", {"vr": vr}
-    if isinstance(value, tuple | list):
-        values = list(value)
-    else:
-        values = [value]
-    if vr == "PN":
-        values = [_person_name(str(v)) for v in values]
-    elif vr == "IS":
-        values = [int(v) for v in values]
-    return f"{tag:08X}", {"vr": vr, "Value": values}
-
-
-def _person_name(value: str) -> dict[str, str]:
-    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
-    return {kind: text for kind, text in groups.items() if text}
-
-
-def _answer(pairs: Iterable[tuple[str, object]], returned: frozenset[str]) -> dict[str, Any]:
-    chosen = dict(_element(k, v) for k, v in pairs if k in returned)
-    return dict(sorted(chosen.items()))
-
-
-def _study_pairs(study: StudyAttributes) -> list[tuple[str, object]]:
-    return [
-        ("StudyInstanceUID", study.study_uid),
-        ("StudyDate", study.study_date),
-        ("StudyTime", study.study_time),
-        ("AccessionNumber", study.accession_number),
-        ("ReferringPhysicianName", study.referring_physician),
-        ("PatientName", study.patient_name),
-        ("PatientID", study.patient_id),
-        ("PatientBirthDate", study.patient_birth_date),
-        ("PatientSex", study.patient_sex),
-        ("StudyID", study.dicom_study_id),
-        ("StudyDescription", study.study_description),
-    ]
-
-
-def _series_pairs(series: SeriesAttributes) -> list[tuple[str, object]]:
-    return [
-        ("SeriesInstanceUID", series.series_uid),
-        ("Modality", series.modality),
-        ("SeriesNumber", series.series_number),
-        ("SeriesDescription", series.series_description),
-        ("BodyPartExamined", series.body_part),
-    ]
-
-
-def study_url(root: str, study_uid: str) -> str:
-    return f"{root}/studies/{quote(study_uid)}"
-
-
-def series_url(root: str, study_uid: str, series_uid: str) -> str:
-    return f"{study_url(root, study_uid)}/series/{quote(series_uid)}"
-
-
-def instance_url(root: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
-    return f"{series_url(root, study_uid, series_uid)}/instances/{quote(sop_uid)}"
-
-
-def study_json(record: StudyRecord, query: Query, root: str) -> dict[str, Any]:
-    """One study match; ``root``: the DICOMweb base URL, for RetrieveURL."""
-    study = record.study
-    return _answer(
-        [
-            *_study_pairs(study),
-            ("ModalitiesInStudy", record.modalities),
-            ("NumberOfStudyRelatedSeries", record.series_count),
-            ("NumberOfStudyRelatedInstances", record.instance_count),
-            ("InstanceAvailability", "ONLINE"),
-            ("RetrieveURL", study_url(root, study.study_uid)),
-        ],
-        query.returned,
-    )
-
-
-def series_json(record: SeriesRecord, query: Query, root: str) -> dict[str, Any]:
-    study, series = record.study, record.series
-    return _answer(
-        [
-            *_study_pairs(study),
-            *_series_pairs(series),
-            ("NumberOfSeriesRelatedInstances", record.instance_count),
-            ("InstanceAvailability", "ONLINE"),
-            ("RetrieveURL", series_url(root, study.study_uid, series.series_uid)),
-        ],
-        query.returned,
-    )
-
-
-def instance_json(record: InstanceRecord, query: Query, root: str) -> dict[str, Any]:
-    return _answer(
-        [
-            *_study_pairs(record.study),
-            *_series_pairs(record.series),
-            ("SOPClassUID", record.sop_class_uid),
-            ("SOPInstanceUID", record.sop_uid),
-            ("InstanceNumber", record.instance_number),
-            ("Rows", record.rows),
-            ("Columns", record.columns),
-            ("NumberOfFrames", record.number_of_frames),
-            ("AvailableTransferSyntaxUID", record.transfer_syntax_uid),
-            ("InstanceAvailability", "ONLINE"),
-            (
-                "RetrieveURL",
-                instance_url(root, record.study_uid, record.series_uid, record.sop_uid),
-            ),
-        ],
-        query.returned,
-    )

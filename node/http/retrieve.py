@@ -19,7 +19,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import Response, StreamingResponse
 
 from node.audit import AuditEvent, AuditLog, AuditValue
-from node.http import media, metadata, qido, rendering, wado
+from node.http import media, metadata, qido_answers, rendering, wado
 from node.http.media import (
     DICOM,
     DICOM_JSON,
@@ -147,7 +147,8 @@ class Retrieval:
         # together makes the garbage collector walk them again and again (2-3× slower).
         answers: list[bytes] = []
         for record in present:
-            url = qido.instance_url(root, record.study_uid, record.series_uid, record.sop_uid)
+            uids = (record.study_uid, record.series_uid, record.sop_uid)
+            url = qido_answers.instance_url(root, *uids)
             try:
                 answer = metadata.instance_metadata(record, url)
             except (wado.StoredFileMissing, wado.UnreadableInstance) as e:

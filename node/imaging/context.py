@@ -71,3 +71,10 @@ def clinical_context(ds: Dataset) -> ClinicalContext | None:
         parts.append("Study: " + "; ".join(text for _, text in supplement))
     sources = tuple(dict.fromkeys(k for k, _ in indication + history + supplement))
     return ClinicalContext(text=". ".join(parts) + ".", sources=sources)
+
+
+def context_record(context: ClinicalContext | None) -> dict[str, object]:
+    """What the job record and meta.json say about the clinical context given to the model."""
+    if context is None:
+        return {"context": None}
+    return {"context": context.text, "context_sources": list(context.sources)}

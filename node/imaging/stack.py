@@ -259,17 +259,9 @@ def _frame(
     geometry: _Geometry,
 ) -> Frame:
     orientation, normal, ipp = geometry
-    return Frame(
-        source=source,
-        header=header,
-        attributes=attributes,
-        label=label,
-        key=key,
-        orientation=orientation,
-        normal=normal,
-        ipp=ipp,
-        position=float(np.dot(ipp, normal)),
-    )
+    position = float(np.dot(ipp, normal))
+    # Every argument is named as the field it fills, in the fields' order.
+    return Frame(source, header, attributes, label, key, orientation, normal, ipp, position)
 
 
 def _stored_order_stack(frames: list[Frame], log: DropLog, modalities: frozenset[str]) -> Stack:

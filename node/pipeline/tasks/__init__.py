@@ -1,7 +1,8 @@
 """One module per task: DICOM files in, result data sets and a job record out.
 
 No database and no network here, so ``medgemma-node run`` and the serving worker
-share exactly the same path. :mod:`.common` holds what every task shares.
+share exactly the same path. :mod:`.job` is a task's input and outcome, :mod:`.common`
+what every task does alike.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import Callable
 
 from node.config import Task
 from node.inference.request import Engine
-from node.pipeline.tasks.common import InputError, TaskInput, TaskOutcome
 from node.pipeline.tasks.cxr import run_cxr_report
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.pipeline.tasks.labs import run_lab_report
 from node.pipeline.tasks.volume import run_volume
 from node.pipeline.tasks.wsi import run_wsi

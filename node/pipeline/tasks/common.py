@@ -1,60 +1,28 @@
-"""What every task shares: its input and outcome, reading instances, asking the model."""
+"""What every task does alike: reading instances, asking the model, the TID 1500 report.
+
+The job itself (input, outcome, the one failure a study causes) is :mod:`.job`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pydicom import Dataset
 
-from node.config import ImagingSettings, LocalizationSettings, Output, Task
 from node.files import atomic_file, write_atomically
-from node.imaging.context import ClinicalContext
 from node.imaging.dicom_io import read_dataset
 from node.imaging.errors import ImagingError
-from node.inference.answers import (
-    LabResult,
-)
-from node.inference.prompts import (
-    DEFAULT_MAX_NEW_TOKENS,
-)
+from node.inference.answers import LabResult
 from node.inference.request import Engine, Prompt
-from node.priors.lookup import PriorLookup
+from node.pipeline.tasks.job import InputError, TaskInput
 from node.results.author import ResultAuthor
 from node.results.tid1500 import LocalizedFinding, build_measurement_report
 
 log = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """The study's data can never produce a result for this task; retrying won't help."""
-
-
-@dataclass
-class TaskOutcome:
-    results: list[Dataset]
-    record: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class TaskInput:
-    task: Task
-    series: dict[str, list[Path]]  # SeriesInstanceUID -> instance files
-    save_inputs: Path | None = None
-    max_new_tokens: int | None = None  # None: the task's official default
-    imaging: ImagingSettings = field(default_factory=ImagingSettings)
-    priors: PriorLookup | None = None  # None: no prior is looked for
-    localization: LocalizationSettings = field(default_factory=LocalizationSettings)
-    outputs: frozenset[Output] = frozenset({Output.SR, Output.GSPS})  # what someone receives
-    previous_results: tuple[Path, ...] = ()  # result files of the run this one supersedes
-
-    @property
-    def token_limit(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.task]
 
 
 def read_instance(path: Path) -> Dataset:
@@ -74,11 +42,16 @@ def readable_headers(paths: list[Path]) -> list[Dataset]:
     return headers
 
 
-def context_record(context: ClinicalContext | None) -> dict[str, object]:
-    """What the job record and meta.json say about the clinical context given to the model."""
-    if context is None:
-        return {"context": None}
-    return {"context": context.text, "context_sources": list(context.sources)}
+def headers_named(headers: Iterable[Dataset], uids: Iterable[str]) -> list[Dataset]:
+    """The headers of ``uids`` (SOP Instance UIDs), in that order, each once; a UID
+    without a header is left out."""
+    by_uid = {str(h.SOPInstanceUID): h for h in headers if "SOPInstanceUID" in h}
+    return [by_uid[uid] for uid in dict.fromkeys(uids) if uid in by_uid]
+
+
+def ask(job: TaskInput, engine: Engine, prompt: Prompt, **meta: object) -> str:
+    """The answer to the job's main prompt; ``meta`` goes to meta.json after the task's name."""
+    return generate(engine, prompt, job.save_inputs, meta={"task": job.task.value, **meta})
 
 
 def generate(

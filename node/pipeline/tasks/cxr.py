@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pydicom import Dataset
 
 from node.config import Output, Task
-from node.imaging.context import clinical_context
+from node.imaging.context import clinical_context, context_record
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
 from node.inference.answers import (
@@ -24,16 +24,8 @@ from node.inference.prompts import (
     longitudinal_verdict_prompt,
 )
 from node.inference.request import Engine
-from node.pipeline.tasks.common import (
-    InputError,
-    TaskInput,
-    TaskOutcome,
-    context_record,
-    generate,
-    measurement_report,
-    read_instance,
-    result_author,
-)
+from node.pipeline.tasks.common import generate, measurement_report, read_instance, result_author
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.boxes import map_boxes
 from node.results.findings import named_findings
 from node.results.gsps import build_gsps

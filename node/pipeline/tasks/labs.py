@@ -5,52 +5,33 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from node.imaging.document import document_to_pages
-from node.imaging.errors import ImagingError
-from node.inference.answers import (
-    AnswerError,
-    parse_lab_results,
-)
-from node.inference.prompts import (
-    lab_report_prompt,
-)
+from node.inference.answers import AnswerError, parse_lab_results
+from node.inference.prompts import lab_report_prompt
 from node.inference.request import Engine
-from node.pipeline.tasks.common import (
-    InputError,
-    TaskInput,
-    TaskOutcome,
-    generate,
-    measurement_report,
-    readable_headers,
-)
+from node.pipeline.tasks.common import ask, headers_named, measurement_report, readable_headers
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome, study_input
 from node.results.labs import lab_number
 
 
 def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
-    paths = [path for files in job.series.values() for path in files]
-    try:
-        document = document_to_pages(paths)
-    except ImagingError as e:
-        raise InputError(str(e)) from e
+    with study_input():
+        document = document_to_pages(job.paths)
     prompt = lab_report_prompt(document.pages, max_new_tokens=job.token_limit)
-    answer = generate(
+    answer = ask(
+        job,
         engine,
         prompt,
-        job.save_inputs,
-        meta={
-            "task": job.task.value,
-            "pages": len(document.pages),
-            "sop_instance_uids": document.sop_instance_uids,
-            "paddings": [padding.as_dict() for padding in document.paddings],
-            "notes": document.notes,
-        },
+        pages=len(document.pages),
+        sop_instance_uids=document.sop_instance_uids,
+        paddings=[padding.as_dict() for padding in document.paddings],
+        notes=document.notes,
     )
     try:
         results = parse_lab_results(answer)
     except AnswerError as e:
         # A deterministic model gives the same answer again: fail with the reason.
         raise InputError(f"{engine.label} answered with no valid lab results: {e}") from e
-    by_uid = {str(h.SOPInstanceUID): h for h in readable_headers(paths) if "SOPInstanceUID" in h}
-    sources = [by_uid[uid] for uid in dict.fromkeys(document.sop_instance_uids) if uid in by_uid]
+    sources = headers_named(readable_headers(job.paths), document.sop_instance_uids)
     if not sources:
         raise InputError("the document's headers can't be read again")
     sr = measurement_report(

@@ -5,28 +5,15 @@ from __future__ import annotations
 from typing import Literal
 
 from node.config import Task
-from node.imaging.context import clinical_context
+from node.imaging.context import clinical_context, context_record
 from node.imaging.errors import ImagingError
 from node.imaging.terms import NOT_GIVEN, volume_region
 from node.imaging.volume import VolumeInput, series_to_volume_input
-from node.inference.answers import (
-    strip_thinking,
-    yes_no,
-)
-from node.inference.prompts import (
-    VOLUME_DEFAULT_FINDING,
-    volume_prompt,
-)
+from node.inference.answers import strip_thinking, yes_no
+from node.inference.prompts import VOLUME_DEFAULT_FINDING, volume_prompt
 from node.inference.request import Engine
-from node.pipeline.tasks.common import (
-    InputError,
-    TaskInput,
-    TaskOutcome,
-    context_record,
-    generate,
-    measurement_report,
-    readable_headers,
-)
+from node.pipeline.tasks.common import ask, headers_named, measurement_report, readable_headers
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.slices import volume_findings
 
 
@@ -67,23 +54,19 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             "region": region.as_record(),
             **context_record(context),
         }
-        answer = generate(
+        answer = ask(
+            job,
             engine,
             prompt,
-            job.save_inputs,
-            meta={
-                "task": job.task.value,
-                "series_instance_uid": series_uid,
-                "z_positions": volume.z_positions,
-                "notes": volume.notes,
-                **sent,
-            },
+            series_instance_uid=series_uid,
+            z_positions=volume.z_positions,
+            notes=volume.notes,
+            **sent,
         )
         text = strip_thinking(answer) or answer
         verdict = yes_no(text)
         named = volume_findings(text, volume.slice_sources, verdict=verdict)
-        by_uid = {str(h.SOPInstanceUID): h for h in headers if "SOPInstanceUID" in h}
-        sources = [by_uid[uid] for uid in volume.source_instance_uids if uid in by_uid]
+        sources = headers_named(headers, volume.source_instance_uids)
         if not sources:
             raise InputError(
                 f"series {series_uid}: no readable header names the instances the sent "

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-from node.imaging.errors import ImagingError
 from node.imaging.terms import NOT_GIVEN, slide_procedure, slide_tissue
 from node.imaging.wsi import wsi_to_patches
-from node.inference.answers import (
-    AnswerError,
-    parse_wsi_description,
-)
-from node.inference.prompts import (
-    WSI_UNKNOWN,
-    wsi_prompt,
-)
+from node.inference.answers import AnswerError, parse_wsi_description
+from node.inference.prompts import WSI_UNKNOWN, wsi_prompt
 from node.inference.request import Engine
-from node.pipeline.tasks.common import (
-    InputError,
-    TaskInput,
-    TaskOutcome,
-    generate,
-    measurement_report,
-    readable_headers,
-)
+from node.pipeline.tasks.common import ask, measurement_report, readable_headers
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome, study_input
 
 
 def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
-    paths = [path for files in job.series.values() for path in files]
-    try:
-        slide = wsi_to_patches(paths)
-    except ImagingError as e:
-        raise InputError(str(e)) from e
+    with study_input():
+        slide = wsi_to_patches(job.paths)
     # The prompt's tissue and procedure come from the series' first instance.
-    headers = readable_headers(paths[:1])
+    headers = readable_headers(job.paths[:1])
     tissue = slide_tissue(headers[0]) if headers else NOT_GIVEN
     procedure = slide_procedure(headers[0]) if headers else NOT_GIVEN
     prompt = wsi_prompt(
@@ -40,21 +24,18 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
         procedure=procedure.text,
         max_new_tokens=job.token_limit,
     )
-    answer = generate(
+    answer = ask(
+        job,
         engine,
         prompt,
-        job.save_inputs,
-        meta={
-            "task": job.task.value,
-            "series_instance_uid": slide.series_uid,
-            "level_index": slide.level_index,
-            "magnification": slide.magnification,
-            "patch_positions": slide.positions,  # (row, column) at the level, in sent order
-            "sample_seed": slide.seed,
-            "tissue": tissue.as_record(),
-            "procedure": procedure.as_record(),
-            "notes": slide.notes,
-        },
+        series_instance_uid=slide.series_uid,
+        level_index=slide.level_index,
+        magnification=slide.magnification,
+        patch_positions=slide.positions,  # (row, column) at the level, in sent order
+        sample_seed=slide.seed,
+        tissue=tissue.as_record(),
+        procedure=procedure.as_record(),
+        notes=slide.notes,
     )
     try:
         description = parse_wsi_description(answer)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.pipeline import machine
+from bench.machine import machine
 from node.imaging.wsi import MAX_PATCHES, MIN_TISSUE_FRACTION, PATCH_SIZE
 from node.inference.served import image_data_url
 

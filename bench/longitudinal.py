@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.pipeline import machine
+from bench.machine import machine
 from node.inference import prompts
 from node.inference.budgets import TOKENS_PER_IMAGE as MEDGEMMA_TOKENS_PER_IMAGE
 from node.inference.engine import TransformersEngine

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -47,6 +46,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from bench.machine import machine
 from fixtures.series import make_cr_study, make_ct_series
 from tests.conftest import storescu
 from tests.peers import NODELAY_ENV, NodeProcess, Orthanc, wait_for
@@ -94,24 +94,6 @@ class Round:
     # − quiet; "job" is "complete" → "job … done" − model (the queue, reading the images,
     # the prior look-up, building the SR, sending it; "done" follows the PACS' answer).
     stages: dict[str, float] | None = None
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "cpu_model": model or platform.processor(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def _send(port: int, called: str, files: list[Path]) -> tuple[float, float, float]:

@@ -35,7 +35,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from bench.pipeline import machine
+from bench.machine import machine
 from node.config import load_settings
 from node.store.index import Index
 from node.store.models import JobState

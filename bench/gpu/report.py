@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
 from bench.gpu.roofline import GIB
+from bench.machine import machine as host_machine
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The host (as every bench reports it), the libraries, and the GPU when there is one."""
     info: dict[str, Any] = {
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **host_machine(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": str(device),

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from node.inference.budgets import MAX_VOLUME_SLICES
+
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 # What node.viewer_url must contain; the worklist puts the study's UID there.
@@ -262,7 +264,7 @@ class PriorSettings(_Strict):
 
 class ImagingSettings(_Strict):
     # MedGemma 1.5's slice budget: 85 × 256 image tokens.
-    max_slices: int = Field(default=85, ge=1, le=85)
+    max_slices: int = Field(default=MAX_VOLUME_SLICES, ge=1, le=MAX_VOLUME_SLICES)
     # Sagittal/coronal/tilted stacks: resample to axial (what the model was trained on)
     # or send them in their own plane, saying so in the job record.
     resample_axial: bool = False

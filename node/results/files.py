@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from pydicom import Dataset
+
+from node.files import atomic_file
 
 __all__ = ["write_dataset"]
 
@@ -21,11 +22,7 @@ def write_dataset(ds: Dataset, path: Path | str) -> Path:
     Information (highdicom objects do); pydicom refuses otherwise.
     """
     target = Path(path)
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        ds.save_as(partial, enforce_file_format=True)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_file(target) as handle:
+        ds.save_as(handle, enforce_file_format=True)
     logger.debug("wrote %s to %s", ds.get("SOPInstanceUID", "?"), target)
     return target

@@ -7,9 +7,12 @@ hashed, which also keeps directory fan-out even.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
+
+from node.files import atomic_file
+
+# What a write in progress is called; a crash leaves it, and start-up removes it.
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".incoming-", ".tmp"
 
 
 def _digest(uid: str) -> str:
@@ -27,25 +30,13 @@ class Spool:
 
     def write(self, path: Path, *chunks: bytes | memoryview) -> None:
         """Write ``chunks`` to ``path`` so that after return it survives a crash or power loss."""
-        directory = path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".incoming-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        # The rename is only durable once the directory entry is.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600: a patient's data, readable by the node alone (mkstemp's mode, kept).
+        with atomic_file(
+            path, durable=True, prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX, mode=0o600
+        ) as handle:
+            for chunk in chunks:
+                handle.write(chunk)
 
     def files(self) -> list[Path]:
         """Every complete instance file (used to reconcile the index after a crash)."""
@@ -54,7 +45,7 @@ class Spool:
     def remove_partial_files(self) -> int:
         """Temp files left by a crash mid-write were never acknowledged: delete them."""
         count = 0
-        for tmp in self.root.glob("*/*/*/.incoming-*.tmp"):
+        for tmp in self.root.glob(f"*/*/*/{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
             tmp.unlink(missing_ok=True)
             count += 1
         return count

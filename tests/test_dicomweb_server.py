@@ -28,8 +28,8 @@ from pydicom.encaps import get_frame
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fixtures.series import make_cr_study, make_ct_series, source_path
-from node.store.catalog import (
-    Catalog,
+from node.store.catalog import Catalog
+from node.store.catalog_records import (
     Filters,
     NotInCatalog,
     Page,

@@ -42,6 +42,21 @@ from node.store.catalog import Catalog
 __all__ = ["ROOT", "dicomweb_router"]
 
 
+class Resource(StrEnum):
+    """What a QIDO-RS search over everything the node holds asks for."""
+
+    STUDIES = "studies"
+    SERIES = "series"
+    INSTANCES = "instances"
+
+
+_LEVEL_OF = {
+    Resource.STUDIES: QueryLevel.STUDY,
+    Resource.SERIES: QueryLevel.SERIES,
+    Resource.INSTANCES: QueryLevel.INSTANCE,
+}
+
+
 class Rendition(StrEnum):
     """The two consumer-ready forms of an image WADO-RS serves (PS3.18 10.4.1.1.3)."""
 
@@ -120,18 +135,14 @@ def dicomweb_router(catalog: Catalog, audit: AuditLog) -> APIRouter:
     series = study + "/series/{series_uid}"
     instance = series + "/instances/{sop_uid}"
 
-    # QIDO-RS
-    @router.get("/studies")
-    def search_studies(request: Request) -> Response:
-        return search(request, QueryLevel.STUDY)
+    # QIDO-RS: /studies, /series, /instances, then the searches within a study or series
+    @router.get("/{resource}")
+    def search_all(request: Request, resource: Resource) -> Response:
+        return search(request, _LEVEL_OF[resource])
 
     @router.get(study + "/series")
     def search_study_series(request: Request, study_uid: str) -> Response:
         return search(request, QueryLevel.SERIES, study_uid)
-
-    @router.get("/series")
-    def search_series(request: Request) -> Response:
-        return search(request, QueryLevel.SERIES)
 
     @router.get(series + "/instances")
     def search_series_instances(request: Request, study_uid: str, series_uid: str) -> Response:
@@ -140,10 +151,6 @@ def dicomweb_router(catalog: Catalog, audit: AuditLog) -> APIRouter:
     @router.get(study + "/instances")
     def search_study_instances(request: Request, study_uid: str) -> Response:
         return search(request, QueryLevel.INSTANCE, study_uid)
-
-    @router.get("/instances")
-    def search_instances(request: Request) -> Response:
-        return search(request, QueryLevel.INSTANCE)
 
     # WADO-RS: instances and metadata
     @router.get(study)

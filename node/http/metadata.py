@@ -27,7 +27,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from node.http.wado import BULK_THRESHOLD, BULK_VRS, open_header
-from node.store.catalog import InstanceRecord
+from node.store.catalog_records import InstanceRecord
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from node.store.catalog import (
+from node.store.catalog_records import (
     Filters,
     Page,
     TextField,

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from node.http.qido import Query
-from node.store.catalog import (
+from node.store.catalog_records import (
     InstanceRecord,
     SeriesAttributes,
     SeriesRecord,

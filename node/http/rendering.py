@@ -27,7 +27,7 @@ from node.http.media import ImageType
 from node.http.wado import NoSuchData, StoredFileMissing
 from node.imaging.multiframe import frame_attributes, is_multiframe
 from node.imaging.radiograph import pixel_padding_mask
-from node.store.catalog import InstanceRecord
+from node.store.catalog_records import InstanceRecord
 
 __all__ = [
     "THUMBNAIL_SIDE",

@@ -31,7 +31,8 @@ from node.http.media import (
     peer,
     warning_header,
 )
-from node.store.catalog import Catalog, InstanceRecord, NotInCatalog
+from node.store.catalog import Catalog
+from node.store.catalog_records import InstanceRecord, NotInCatalog
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pydicom.uid import (
 )
 
 from node.http.media import OCTET_STREAM, FrameForm, frame_media_type
-from node.store.catalog import InstanceRecord
+from node.store.catalog_records import InstanceRecord
 
 log = logging.getLogger(__name__)
 

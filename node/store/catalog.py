@@ -52,27 +52,11 @@ from node.store.catalog_records import (
     SeriesRecord,
     StudyAttributes,
     StudyRecord,
-    TextField,
-    TextMatch,
     ValueRange,
 )
 from node.store.models import Instance, ResultInstance, Series, Study
 
-__all__ = [
-    "Catalog",
-    "Filters",
-    "Found",
-    "InstanceRecord",
-    "NotInCatalog",
-    "Page",
-    "SeriesAttributes",
-    "SeriesRecord",
-    "StudyAttributes",
-    "StudyRecord",
-    "TextField",
-    "TextMatch",
-    "ValueRange",
-]
+__all__ = ["Catalog"]
 
 # Characters a regular expression reads as syntax; escaped so they match themselves.
 _REGEX_SYNTAX = frozenset("\\.^$|+()[]{}")

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from node.backoff import doubling_wait
 from node.inference.budgets import MAX_VOLUME_SLICES
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")]
@@ -319,7 +320,7 @@ class DeliverySettings(_Strict):
 
     def wait_after(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed delivery."""
-        return min(self.retry_seconds * 2 ** max(attempts - 1, 0), self.max_retry_seconds)
+        return doubling_wait(self.retry_seconds, attempts, ceiling=self.max_retry_seconds)
 
 
 class Match(_Strict):

@@ -1,1 +1,2 @@
-"""DICOMweb client side: QIDO-RS queries to the PACS (dicomweb-client)."""
+"""DICOMweb client side (dicomweb-client): one client factory, QIDO-RS searches and counts,
+STOW-RS results; failures are ``node.pacs_errors``'."""

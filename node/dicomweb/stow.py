@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
-from node.dimse.scu import DeliveryRefused, PacsUnavailable
+from node.dicomweb.client import dicomweb_client, unavailable_on_failure
+from node.pacs_errors import DeliveryRefused
 
 
 def store_instances(datasets: Sequence[Dataset], *, url: str, timeout: float) -> None:
-    """POST ``datasets`` to ``url``/studies; raises unless the archive stored every one."""
-    client = DICOMwebClient(url=url, timeout=timeout)
-    client.set_http_retry_params(retry=False)  # the job's own backoff decides when to retry
-    try:
+    """POST ``datasets`` to ``url``/studies; raises unless the archive stored every one.
+
+    Raises PacsUnavailable (no answer, an HTTP error) or DeliveryRefused (the answer lists
+    an instance as failed, or doesn't confirm one).
+    """
+    client = dicomweb_client(url, timeout=timeout)
+    with unavailable_on_failure(f"STOW-RS to {url}"):
         response = client.store_instances(datasets)
-    except Exception as e:  # connection refused, timeouts, HTTP 4xx/5xx from requests
-        raise PacsUnavailable(f"STOW-RS to {url}: {e}") from e
     failed = [
         f"{item.get('ReferencedSOPInstanceUID', '?')} "
         f"(failure reason {item.get('FailureReason', '?')})"

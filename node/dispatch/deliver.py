@@ -16,6 +16,7 @@ from pydicom import Dataset, dcmread
 from node.config import Output, PacsSettings, Settings
 from node.dicomweb.stow import store_instances
 from node.dimse import scu
+from node.pacs_errors import DeliveryRefused, PacsUnavailable
 from node.results.files import write_dataset
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def send(paths: Sequence[str], target: Target, *, calling_ae: str) -> list[str]:
         else:
             assert target.dimse is not None
             scu.store(datasets, pacs=target.dimse, calling_ae=calling_ae)
-    except (scu.PacsUnavailable, scu.DeliveryRefused) as e:
+    except (PacsUnavailable, DeliveryRefused) as e:
         raise DeliveryFailed(target.name, str(e)) from e
     log.info(
         "sent %d result objects for study %s to %s",

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from node.backoff import doubling_wait
 from node.inference.answers import strip_thinking
 from node.inference.request import TEST_MODEL_LABEL, Content, EngineError, Prompt
 from node.testing.checkpoint import is_test_model
@@ -307,7 +308,7 @@ class OpenAIEngine:
                     f"{outcome.message}; gave up after {attempts} "
                     f"attempt{'s' if attempts > 1 else ''} (model.retries is {self._retries})"
                 )
-            wait = self._retry_wait * 2 ** (attempt - 1)
+            wait = doubling_wait(self._retry_wait, attempt)
             logger.warning(
                 "%s; attempt %d of %d, next in %.1f s", outcome.message, attempt, attempts, wait
             )

@@ -13,32 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterable
 
-from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
-from pydicom.tag import Tag
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
-)
-from pynetdicom.status import code_to_category
 
 from node.config import PacsSettings
-from node.priors.study import RETURN_KEYS, PriorStudy, PriorsUnavailable, require_context
+from node.dicomweb import qido
+from node.dimse.association import PacsAssociation, associate
+from node.pacs_errors import PacsUnavailable, describe_pacs
+from node.priors.study import RETURN_KEYS, PriorStudy
 
-__all__ = ["describe_pacs", "find_candidate_studies"]
+__all__ = ["find_candidate_studies"]
 
 log = logging.getLogger(__name__)
-
-_PENDING = frozenset({0xFF00, 0xFF01})
-
-
-def describe_pacs(pacs: PacsSettings, transport: str) -> str:
-    """How errors name a PACS: its AE, address or URL, and the transport used."""
-    if transport in ("QIDO-RS", "WADO-RS"):
-        return f"PACS {pacs.ae_title} at {pacs.dicomweb_url} ({transport})"
-    return f"PACS {pacs.ae_title} at {pacs.host}:{pacs.port} ({transport})"
 
 
 def find_candidate_studies(
@@ -50,7 +37,7 @@ def find_candidate_studies(
     ------
     ValueError
         ``current`` has no PatientID: there is nothing to match priors by.
-    PriorsUnavailable
+    PacsUnavailable (PriorsUnavailable is its name in node.priors)
         The PACS is down, refused the association or request, or failed the query.
     """
     patient_id = str(current.get("PatientID", "") or "").strip()
@@ -82,103 +69,64 @@ def _query(patient_id: str) -> Dataset:
 
 
 def _c_find(patient_id: str, *, pacs: PacsSettings, calling_ae: str) -> list[PriorStudy]:
-    where = describe_pacs(pacs, "C-FIND")
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = pacs.timeout_seconds
-    ae.dimse_timeout = pacs.timeout_seconds
-    ae.network_timeout = pacs.timeout_seconds
-    ae.connection_timeout = min(pacs.timeout_seconds, 10.0)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
-    if not assoc.is_established:
-        raise PriorsUnavailable(f"{where}: association was not accepted")
-    require_context(
-        assoc, StudyRootQueryRetrieveInformationModelFind, where=where, service="Study Root C-FIND"
-    )
-    found: list[PriorStudy] = []
-    try:
-        responses = assoc.send_c_find(
-            _query(patient_id), StudyRootQueryRetrieveInformationModelFind
-        )
-        for status, identifier in responses:
-            if not status or "Status" not in status:
-                raise PriorsUnavailable(f"{where}: no answer (connection lost or timed out)")
-            code = int(status.Status)
-            if code in _PENDING:
-                if identifier is not None and identifier.get("StudyInstanceUID"):
-                    found.append(PriorStudy.from_identifier(identifier))
-            elif code_to_category(code) != "Success":
-                raise PriorsUnavailable(f"{where}: C-FIND failed with status 0x{code:04X}")
+    with associate(pacs, calling_ae, "C-FIND") as peer:
         found = [
-            study
-            if study.modalities
-            else dataclasses.replace(study, modalities=_series_modalities(assoc, study, where))
-            for study in found
+            PriorStudy.from_identifier(identifier)
+            for identifier in peer.find(_query(patient_id))
+            if identifier.get("StudyInstanceUID")
         ]
-    finally:
-        assoc.release()
-    return found
+        return _with_modalities(found, lambda study: _series_modalities(peer, study))
 
 
-def _series_modalities(assoc: Association, study: PriorStudy, where: str) -> tuple[str, ...]:
+def _series_modalities(peer: PacsAssociation, study: PriorStudy) -> tuple[str, ...]:
     query = Dataset()
     query.QueryRetrieveLevel = "SERIES"
     query.StudyInstanceUID = study.study_uid
     query.SeriesInstanceUID = None
     query.Modality = None
-    modalities: set[str] = set()
-    for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-        if not status or "Status" not in status:
-            raise PriorsUnavailable(
-                f"{where}: no answer to the series query of study {study.study_uid}"
-            )
-        if int(status.Status) in _PENDING and identifier is not None:
-            value = str(identifier.get("Modality", "") or "").strip().upper()
-            if value:
-                modalities.add(value)
-    return tuple(sorted(modalities))
+    return _modalities(str(identifier.get("Modality", "") or "") for identifier in peer.find(query))
 
 
 def _qido(patient_id: str, *, pacs: PacsSettings) -> list[PriorStudy]:
-    assert pacs.dicomweb_url is not None
-    where = describe_pacs(pacs, "QIDO-RS")
-    client = DICOMwebClient(url=pacs.dicomweb_url, timeout=pacs.timeout_seconds)
-    client.set_http_retry_params(retry=False)
-    try:
-        answers = client.search_for_studies(
-            search_filters={"PatientID": patient_id},
-            fields=[k for k in RETURN_KEYS if k != "PatientID"],
-            get_remaining=True,
-        )
-    except Exception as e:  # requests' connection and HTTP errors, whatever the transport
-        raise PriorsUnavailable(f"{where}: {e}") from e
+    answers = qido.search(
+        pacs,
+        "studies",
+        filters={"PatientID": patient_id},
+        fields=[k for k in RETURN_KEYS if k != "PatientID"],
+    )
     found: list[PriorStudy] = []
-    for answer in answers:
+    for answer in answers.values():
         try:
-            identifier = Dataset.from_json(answer)
+            found.append(PriorStudy.from_identifier(Dataset.from_json(answer)))
         except (ValueError, TypeError, KeyError) as e:
-            raise PriorsUnavailable(f"{where}: an answer is not valid DICOM JSON: {e}") from e
-        if identifier.get("StudyInstanceUID"):
-            found.append(PriorStudy.from_identifier(identifier))
+            raise PacsUnavailable(
+                f"{describe_pacs(pacs, 'QIDO-RS')}: an answer is not valid DICOM JSON: {e}"
+            ) from e
+    return _with_modalities(found, lambda study: _qido_series_modalities(pacs, study))
+
+
+def _qido_series_modalities(pacs: PacsSettings, study: PriorStudy) -> tuple[str, ...]:
+    series = qido.search(
+        pacs,
+        "series",
+        study_uid=study.study_uid,
+        fields=["Modality"],
+        about=f"series query of study {study.study_uid}",
+    )
+    return _modalities(qido.json_text(answer, "Modality") for answer in series.values())
+
+
+def _with_modalities(
+    studies: list[PriorStudy], series_modalities: Callable[[PriorStudy], tuple[str, ...]]
+) -> list[PriorStudy]:
+    """The studies, those whose answer lacked ModalitiesInStudy with ``series_modalities``."""
     return [
         study
         if study.modalities
-        else dataclasses.replace(study, modalities=_qido_series_modalities(client, study, where))
-        for study in found
+        else dataclasses.replace(study, modalities=series_modalities(study))
+        for study in studies
     ]
 
 
-def _qido_series_modalities(
-    client: DICOMwebClient, study: PriorStudy, where: str
-) -> tuple[str, ...]:
-    modality_tag = f"{Tag('Modality'):08X}"
-    try:
-        series = client.search_for_series(study.study_uid, fields=["Modality"])
-    except Exception as e:  # requests' connection and HTTP errors
-        raise PriorsUnavailable(f"{where}: series query of study {study.study_uid}: {e}") from e
-    values = {
-        str(v).strip().upper()
-        for answer in series
-        for v in (answer.get(modality_tag, {}).get("Value") or [])
-    }
-    return tuple(sorted(v for v in values if v))
+def _modalities(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted({value.strip().upper() for value in values if value.strip()}))

@@ -14,11 +14,11 @@ from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 
 from node.config import PacsSettings, PriorSettings
+from node.pacs_errors import PacsUnavailable
 from node.priors.cache import PriorCache
 from node.priors.choose import choose_prior, choose_prior_image
 from node.priors.find import find_candidate_studies
 from node.priors.retrieve import prior_report_texts, retrieve_prior
-from node.priors.study import PriorsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PriorLookup:
         cache.clean_older_than(self.settings.cache_days)
         try:
             candidates = find_candidate_studies(current, pacs=self.pacs, calling_ae=self.calling_ae)
-        except (PriorsUnavailable, ValueError) as e:
+        except (PacsUnavailable, ValueError) as e:
             return self._none(f"no prior searched: {e}")
         choice = choose_prior(current, candidates, window_days=self.settings.window_days)
         if choice.prior is None:
@@ -58,7 +58,7 @@ class PriorLookup:
                 timeout=self.settings.timeout_seconds,
                 move_destination=self.calling_ae,
             )
-        except PriorsUnavailable as e:
+        except PacsUnavailable as e:
             return self._none(f"prior study {study_uid} not retrieved: {e}", choice.reasons)
         instances = []
         for path in files:

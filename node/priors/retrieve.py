@@ -13,18 +13,14 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Required, TypedDict, Unpack
 
 import pydicom
-from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, build_role, evt
-from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
@@ -40,20 +36,19 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     KeyObjectSelectionDocumentStorage,
     MRImageStorage,
     SecondaryCaptureImageStorage,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
 )
-from pynetdicom.status import code_to_category
 
 from node import MANUFACTURER
 from node.config import PacsSettings
+from node.dicomweb.client import dicomweb_client, unavailable_on_failure
+from node.dimse.association import associate
+from node.pacs_errors import PacsUnavailable, describe_pacs
 from node.priors.cache import PriorCache, write_instance
-from node.priors.find import describe_pacs
-from node.priors.study import PriorsUnavailable, require_context
 
 __all__ = [
     "GET_STORAGE_CLASSES",
     "RetrieveMethod",
+    "RetrieveOptions",
     "prior_report_texts",
     "retrieve_prior",
     "retrieve_study",
@@ -86,10 +81,6 @@ GET_STORAGE_CLASSES: tuple[str, ...] = (
 # Whole instances as stored: "*" lets the PACS skip transcoding.
 _WADO_MEDIA_TYPES: tuple[tuple[str, str], ...] = (("application/dicom", "*"),)
 
-_PENDING = frozenset({0xFF00, 0xFF01})
-_STORE_SUCCESS = 0x0000
-_STORE_OUT_OF_RESOURCES = 0xA700
-
 
 def retrieve_study(
     study_uid: str,
@@ -112,7 +103,7 @@ def retrieve_study(
     ValueError
         ``wado`` without a DICOMweb URL, ``c-move`` without a move destination, or a
         non-positive timeout.
-    PriorsUnavailable
+    PacsUnavailable (PriorsUnavailable is its name in node.priors)
         The PACS is down, refused, failed, or didn't deliver within ``timeout``
         seconds; files this call wrote are removed.
     """
@@ -159,15 +150,18 @@ def retrieve_study(
     return files
 
 
+class RetrieveOptions(TypedDict, total=False):
+    """How a study is fetched: ``retrieve_study``'s keyword arguments but ``dest``."""
+
+    pacs: Required[PacsSettings]
+    calling_ae: Required[str]
+    method: RetrieveMethod
+    timeout: Required[float]
+    move_destination: str | None
+
+
 def retrieve_prior(
-    cache: PriorCache,
-    study_uid: str,
-    *,
-    pacs: PacsSettings,
-    calling_ae: str,
-    method: RetrieveMethod = "auto",
-    timeout: float,
-    move_destination: str | None = None,
+    cache: PriorCache, study_uid: str, **options: Unpack[RetrieveOptions]
 ) -> list[Path]:
     """``retrieve_study`` into the cache; a study already complete there is not fetched again."""
     if cache.is_complete(study_uid):
@@ -176,15 +170,7 @@ def retrieve_prior(
         return files
     dest = cache.prepare(study_uid)
     try:
-        files = retrieve_study(
-            study_uid,
-            pacs=pacs,
-            calling_ae=calling_ae,
-            dest=dest,
-            method=method,
-            timeout=timeout,
-            move_destination=move_destination,
-        )
+        files = retrieve_study(study_uid, dest=dest, **options)
     except BaseException:
         cache.discard(study_uid)
         raise
@@ -231,23 +217,18 @@ def _wado(study_uid: str, *, pacs: PacsSettings, dest: Path, timeout: float) -> 
     assert pacs.dicomweb_url is not None
     where = describe_pacs(pacs, "WADO-RS")
     deadline = time.monotonic() + timeout
-    client = DICOMwebClient(url=pacs.dicomweb_url, timeout=timeout)
-    client.set_http_retry_params(retry=False)
+    client = dicomweb_client(pacs.dicomweb_url, timeout=timeout)
     files: list[Path] = []
-    try:
+    with unavailable_on_failure(f"{where}: study {study_uid}"):
         for ds in client.iter_study(study_uid, media_types=_WADO_MEDIA_TYPES):
             files.append(write_instance(dest, str(ds.SOPInstanceUID), _part10(ds)))
             if time.monotonic() > deadline:
-                raise PriorsUnavailable(
+                raise PacsUnavailable(
                     f"{where}: study {study_uid} not retrieved within {timeout:g} s "
                     f"({len(files)} instance(s) so far)"
                 )
-    except PriorsUnavailable:
-        raise
-    except Exception as e:  # requests' connection, HTTP and decoding errors
-        raise PriorsUnavailable(f"{where}: study {study_uid}: {e}") from e
     if not files:
-        raise PriorsUnavailable(f"{where}: study {study_uid}: the PACS returned no instances")
+        raise PacsUnavailable(f"{where}: study {study_uid}: the PACS returned no instances")
     return files
 
 
@@ -255,15 +236,6 @@ def _part10(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _client(calling_ae: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = min(timeout, 10.0)
-    return ae
 
 
 def _study_query(study_uid: str) -> Dataset:
@@ -276,39 +248,22 @@ def _study_query(study_uid: str) -> Dataset:
 def _c_get(
     study_uid: str, *, pacs: PacsSettings, calling_ae: str, dest: Path, timeout: float
 ) -> list[Path]:
-    where = describe_pacs(pacs, "C-GET")
     written: list[Path] = []
 
-    def on_store(event: Any) -> int:
-        try:
-            data = event.encoded_dataset(include_meta=True)
-            written.append(write_instance(dest, str(event.request.AffectedSOPInstanceUID), data))
-        except OSError:
-            log.exception("C-GET of study %s: an instance could not be written", study_uid)
-            return _STORE_OUT_OF_RESOURCES
-        return _STORE_SUCCESS
+    def file_instance(sop_uid: str, data: bytes) -> None:
+        written.append(write_instance(dest, sop_uid, data))
 
-    ae = _client(calling_ae, timeout)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    for sop_class in GET_STORAGE_CLASSES:
-        ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
-    # The PACS sends the instances back as C-STOREs on this association: we are their SCP.
-    roles: list[Any] = [build_role(c, scp_role=True) for c in GET_STORAGE_CLASSES]
-    assoc = ae.associate(
-        pacs.host,
-        pacs.port,
-        ae_title=pacs.ae_title,
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    if not assoc.is_established:
-        raise PriorsUnavailable(f"{where}: association was not accepted (study {study_uid})")
-    require_context(
-        assoc, StudyRootQueryRetrieveInformationModelGet, where=where, service="Study Root C-GET"
-    )
-    responses = assoc.send_c_get(_study_query(study_uid), StudyRootQueryRetrieveInformationModelGet)
-    completed = _final_status(responses, assoc, where=where, study_uid=study_uid, timeout=timeout)
-    return _check_count(sorted(set(written)), completed, where=where, study_uid=study_uid)
+    with associate(
+        pacs,
+        calling_ae,
+        "C-GET",
+        timeout=timeout,
+        study_uid=study_uid,
+        storage_classes=GET_STORAGE_CLASSES,
+        file_instance=file_instance,
+    ) as peer:
+        completed = peer.get(_study_query(study_uid), within=timeout)
+    return _check_count(sorted(set(written)), completed, where=peer.where, study_uid=study_uid)
 
 
 def _c_move(
@@ -320,81 +275,21 @@ def _c_move(
     timeout: float,
     move_destination: str,
 ) -> list[Path]:
-    where = describe_pacs(pacs, "C-MOVE")
-    ae = _client(calling_ae, timeout)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
-    if not assoc.is_established:
-        raise PriorsUnavailable(f"{where}: association was not accepted (study {study_uid})")
-    require_context(
-        assoc, StudyRootQueryRetrieveInformationModelMove, where=where, service="Study Root C-MOVE"
-    )
-    responses = assoc.send_c_move(
-        _study_query(study_uid), move_destination, StudyRootQueryRetrieveInformationModelMove
-    )
-    completed = _final_status(responses, assoc, where=where, study_uid=study_uid, timeout=timeout)
+    with associate(pacs, calling_ae, "C-MOVE", timeout=timeout, study_uid=study_uid) as peer:
+        completed = peer.move(_study_query(study_uid), move_destination, within=timeout)
     # The destination SCP answers each C-STORE only after the file is in place, and
     # the PACS sends the final response after the last C-STORE: the files are here.
     files = sorted(p for p in dest.glob("*.dcm") if not p.name.startswith("."))
-    return _check_count(files, completed, where=where, study_uid=study_uid)
-
-
-def _final_status(
-    responses: Iterator[tuple[Dataset, Dataset | None]],
-    assoc: Association,
-    *,
-    where: str,
-    study_uid: str,
-    timeout: float,
-) -> int | None:
-    """Walk a C-GET/C-MOVE's responses under a deadline; return the completed sub-operations.
-
-    The DIMSE timeout only bounds the gap between two responses; a PACS trickling
-    instances could run for ever, so a timer aborts the association at the deadline.
-    """
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        assoc.abort()
-
-    timer = threading.Timer(timeout, expire)
-    timer.daemon = True
-    timer.start()
-    final: Dataset | None = None
-    try:
-        for status, _identifier in responses:
-            if not status or "Status" not in status:
-                break  # connection lost, aborted or timed out: judged below
-            if int(status.Status) not in _PENDING:
-                final = status
-    finally:
-        timer.cancel()
-        if assoc.is_established:
-            assoc.release()
-    if expired.is_set():
-        raise PriorsUnavailable(f"{where}: study {study_uid} not retrieved within {timeout:g} s")
-    if final is None:
-        raise PriorsUnavailable(
-            f"{where}: study {study_uid}: no final response (connection lost or timed out)"
-        )
-    code = int(final.Status)
-    failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
-    if code_to_category(code) != "Success" or failed:
-        raise PriorsUnavailable(
-            f"{where}: study {study_uid}: status 0x{code:04X}, {failed} failed sub-operation(s)"
-        )
-    completed = final.get("NumberOfCompletedSuboperations")
-    return int(completed) if completed not in (None, "") else None
+    return _check_count(files, completed, where=peer.where, study_uid=study_uid)
 
 
 def _check_count(
     files: list[Path], completed: int | None, *, where: str, study_uid: str
 ) -> list[Path]:
     if not files:
-        raise PriorsUnavailable(f"{where}: study {study_uid}: no instances arrived")
+        raise PacsUnavailable(f"{where}: study {study_uid}: no instances arrived")
     if completed is not None and len(files) < completed:
-        raise PriorsUnavailable(
+        raise PacsUnavailable(
             f"{where}: study {study_uid}: the PACS sent {completed} instance(s), "
             f"{len(files)} were filed"
         )

@@ -1,13 +1,17 @@
-"""What the node knows about a candidate prior study, and the one error priors raise."""
+"""What the node knows about a candidate prior study, and the name of the error priors raise."""
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from pydicom import Dataset
 from pydicom.valuerep import DA, TM
+
+from node.pacs_errors import PacsUnavailable
+
+_Value = TypeVar("_Value", DA, TM)
 
 # The study-level keys the PACS is asked for (C-FIND return keys / QIDO-RS includefields).
 RETURN_KEYS: tuple[str, ...] = (
@@ -24,18 +28,9 @@ RETURN_KEYS: tuple[str, ...] = (
 )
 
 
-class PriorsUnavailable(Exception):
-    """The PACS could not answer a priors query or retrieval; the message names the PACS,
-    the transport and (for retrievals) the study."""
-
-
-def require_context(assoc: Any, abstract_syntax: str, *, where: str, service: str) -> None:
-    """Release ``assoc`` and raise unless the PACS accepted ``abstract_syntax``: a PACS that
-    associates but doesn't offer the service would otherwise fail deep inside pynetdicom."""
-    if any(cx.abstract_syntax == abstract_syntax for cx in assoc.accepted_contexts):
-        return
-    assoc.release()
-    raise PriorsUnavailable(f"{where}: the PACS does not accept {service}")
+# The error priors raise is every PACS client's (``node.pacs_errors``); the name stays for
+# the callers that catch priors' failures by it.
+PriorsUnavailable = PacsUnavailable
 
 
 @dataclass(frozen=True)
@@ -80,26 +75,26 @@ class PriorStudy:
 
 def parse_date(value: object) -> datetime.date | None:
     """A DA value as a date; None for empty or malformed values (never guessed)."""
-    if value in (None, ""):
-        return None
-    try:
-        parsed = DA(str(value).strip())
-    except ValueError:
-        return None
-    return datetime.date(parsed.year, parsed.month, parsed.day) if parsed else None
+    parsed = _parse(DA, value)
+    return None if parsed is None else datetime.date(parsed.year, parsed.month, parsed.day)
 
 
 def parse_time(value: object) -> datetime.time | None:
     """A TM value (HHMMSS.FFFFFF, parts optional) as a time; None when empty or malformed."""
+    parsed = _parse(TM, value)
+    if parsed is None:
+        return None
+    return datetime.time(parsed.hour, parsed.minute, parsed.second, parsed.microsecond)
+
+
+def _parse(kind: type[_Value], value: object) -> _Value | None:
     if value in (None, ""):
         return None
     try:
-        parsed = TM(str(value).strip())
+        parsed = kind(str(value).strip())
     except ValueError:
         return None
-    if not parsed:
-        return None
-    return datetime.time(parsed.hour, parsed.minute, parsed.second, parsed.microsecond)
+    return parsed or None
 
 
 def _text(ds: Dataset, keyword: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from node.config import PacsSettings, Settings
 from node.dicomweb import qido
@@ -27,19 +28,11 @@ RECHECK = timedelta(seconds=2)
 
 
 def pacs_count_query(pacs: PacsSettings, calling_ae: str) -> CountQuery:
-    """QIDO-RS when the PACS has a DICOMweb URL, else a Study Root C-FIND."""
-    url = pacs.dicomweb_url
-    if url is not None:
-
-        def qido_query(study_uid: str) -> int | None:
-            return qido.count_study_instances(study_uid, url=url, timeout=pacs.timeout_seconds)
-
-        return qido_query
-
-    def find_query(study_uid: str) -> int | None:
-        return scu.count_study_instances(study_uid, pacs=pacs, calling_ae=calling_ae)
-
-    return find_query
+    """QIDO-RS when the PACS has a DICOMweb URL, else a Study Root C-FIND; either raises
+    PacsUnavailable when the PACS can't answer, which leaves the timeout in charge."""
+    if pacs.dicomweb_url is not None:
+        return partial(qido.count_study_instances, pacs=pacs)
+    return partial(scu.count_study_instances, pacs=pacs, calling_ae=calling_ae)
 
 
 class CompletenessWatcher:

@@ -26,30 +26,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pydicom.config
-from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
-from pydicom.tag import Tag
 from pydicom.uid import UID
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
-)
-from pynetdicom.status import code_to_category
 from sqlalchemy import func, select
 
 from node.audit import AuditEvent, AuditLog, AuditValue
 from node.config import PacsSettings, Settings
+from node.dicomweb import qido
+from node.dimse.association import associate
+from node.pacs_errors import PacsUnavailable, describe_pacs
 from node.priors.cache import PriorCache
-from node.priors.find import describe_pacs
 from node.priors.retrieve import retrieve_study
-from node.priors.study import PriorsUnavailable, require_context
 from node.store.index import Filed, Index
 from node.store.ingest import Ingest, NotFiled
 from node.store.meta import InvalidInstance
@@ -79,13 +72,9 @@ log = logging.getLogger(__name__)
 PullMethod = Literal["wado", "c-get", "c-move"]
 PullVia = Literal["http", "cli", "watch"]
 
-_PENDING = frozenset({0xFF00, 0xFF01})
 # How long a pull waits for the completeness watcher (a pass every 0.5 s) to route the
 # study, so that it can name the jobs.
 ROUTING_WAIT_SECONDS = 5.0
-_COUNT_TAG = f"{Tag('NumberOfStudyRelatedInstances'):08X}"
-_STUDY_UID_TAG = f"{Tag('StudyInstanceUID'):08X}"
-_SOP_UID_TAG = f"{Tag('SOPInstanceUID'):08X}"
 
 
 class PullError(Exception):
@@ -154,150 +143,70 @@ def search_studies(
 ) -> list[StudyAtPacs]:
     """Study-level search (QIDO-RS with a DICOMweb URL, else Study Root C-FIND) on
     ``filters`` (keyword: DICOM matching value); PullUnavailable when the PACS can't answer."""
-    if pacs.dicomweb_url:
-        answers = _qido(
-            pacs,
-            _STUDY_UID_TAG,
-            lambda client, offset: client.search_for_studies(
-                search_filters=dict(filters),
-                fields=["NumberOfStudyRelatedInstances"],
-                offset=offset,
-            ),
-        )
-        return [StudyAtPacs(uid, _json_count(answer)) for uid, answer in answers.items()]
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = ""
-    query.NumberOfStudyRelatedInstances = None
-    for keyword, value in filters.items():
-        setattr(query, keyword, value)
-    with _find_association(pacs, calling_ae) as (assoc, where):
-        return [
-            StudyAtPacs(uid, _count(identifier.get("NumberOfStudyRelatedInstances")))
-            for identifier in _c_find(assoc, query, where)
-            if (uid := str(identifier.get("StudyInstanceUID", "") or "").strip())
-        ]
+    with _unavailable_as_pull_error():
+        if pacs.dicomweb_url:
+            fields = ["NumberOfStudyRelatedInstances"]
+            answers = qido.search(pacs, "studies", filters=filters, fields=fields)
+            return [
+                StudyAtPacs(uid, _count(qido.json_text(answer, "NumberOfStudyRelatedInstances")))
+                for uid, answer in answers.items()
+            ]
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        query.NumberOfStudyRelatedInstances = None
+        for keyword, value in filters.items():
+            setattr(query, keyword, value)
+        with associate(pacs, calling_ae, "C-FIND") as peer:
+            identifiers = peer.find(query)
+    return [
+        StudyAtPacs(uid, _count(identifier.get("NumberOfStudyRelatedInstances")))
+        for identifier in identifiers
+        if (uid := _text(identifier, "StudyInstanceUID"))
+    ]
 
 
 def search_instances(pacs: PacsSettings, calling_ae: str, study_uid: str) -> set[str]:
     """The SOP Instance UIDs the PACS holds for ``study_uid``. C-FIND asks series by series,
     as a hierarchical query must; PullUnavailable when the PACS can't answer."""
-    if pacs.dicomweb_url:
-        answers = _qido(
-            pacs,
-            _SOP_UID_TAG,
-            lambda client, offset: client.search_for_instances(
-                study_instance_uid=study_uid, fields=["SOPInstanceUID"], offset=offset
-            ),
-        )
-        return set(answers)
-    found: set[str] = set()
-    with _find_association(pacs, calling_ae) as (assoc, where):
-        series_query = Dataset()
-        series_query.QueryRetrieveLevel = "SERIES"
-        series_query.StudyInstanceUID = study_uid
-        series_query.SeriesInstanceUID = ""
-        series_uids = [
-            str(identifier.get("SeriesInstanceUID", "") or "").strip()
-            for identifier in _c_find(assoc, series_query, where)
-        ]
-        for series_uid in filter(None, series_uids):
-            query = Dataset()
-            query.QueryRetrieveLevel = "IMAGE"
-            query.StudyInstanceUID = study_uid
-            query.SeriesInstanceUID = series_uid
-            query.SOPInstanceUID = ""
-            found.update(
-                str(identifier.get("SOPInstanceUID", "") or "").strip()
-                for identifier in _c_find(assoc, query, where)
+    with _unavailable_as_pull_error():
+        if pacs.dicomweb_url:
+            return set(
+                qido.search(pacs, "instances", study_uid=study_uid, fields=["SOPInstanceUID"])
             )
+        with associate(pacs, calling_ae, "C-FIND", study_uid=study_uid) as peer:
+            series_query = Dataset()
+            series_query.QueryRetrieveLevel = "SERIES"
+            series_query.StudyInstanceUID = study_uid
+            series_query.SeriesInstanceUID = ""
+            series_uids = {_text(i, "SeriesInstanceUID") for i in peer.find(series_query)}
+            found: set[str] = set()
+            for series_uid in sorted(filter(None, series_uids)):
+                query = Dataset()
+                query.QueryRetrieveLevel = "IMAGE"
+                query.StudyInstanceUID = study_uid
+                query.SeriesInstanceUID = series_uid
+                query.SOPInstanceUID = ""
+                found.update(_text(identifier, "SOPInstanceUID") for identifier in peer.find(query))
     found.discard("")
     return found
 
 
-def _qido(
-    pacs: PacsSettings,
-    key_tag: str,
-    page: Callable[[DICOMwebClient, int], list[dict[str, Any]]],
-) -> dict[str, dict[str, Any]]:
-    """Every answer of a QIDO-RS search, page by page, by the UID in ``key_tag``.
-
-    Not dicomweb-client's ``get_remaining``: it asks for the next offset until a page comes
-    back empty, and Orthanc 1.10 ignores the offset of a search on ModalitiesInStudy, so
-    that never ends. A page that brings no new UID ends the search here.
-    """
-    assert pacs.dicomweb_url is not None
-    client = DICOMwebClient(url=pacs.dicomweb_url, timeout=pacs.timeout_seconds)
-    client.set_http_retry_params(retry=False)
-    answers: dict[str, dict[str, Any]] = {}
-    offset = 0
-    while True:
-        try:
-            found = page(client, offset)
-        except Exception as e:  # requests' connection and HTTP errors, whatever the transport
-            raise PullUnavailable(f"{describe_pacs(pacs, 'QIDO-RS')}: {e}") from e
-        new = {uid: a for a in found if (uid := _json_text(a, key_tag)) and uid not in answers}
-        if not new:
-            return answers
-        answers.update(new)
-        offset += len(found)
+@contextmanager
+def _unavailable_as_pull_error() -> Iterator[None]:
+    try:
+        yield
+    except PacsUnavailable as e:
+        raise PullUnavailable(str(e)) from e
 
 
-def _json_text(answer: Mapping[str, Any], tag: str) -> str:
-    values = answer.get(tag, {}).get("Value") or []
-    return str(values[0]).strip() if values else ""
-
-
-def _json_count(answer: Mapping[str, Any]) -> int | None:
-    values = answer.get(_COUNT_TAG, {}).get("Value") or []
-    return _count(values[0]) if values else None
+def _text(identifier: Dataset, keyword: str) -> str:
+    return str(identifier.get(keyword, "") or "").strip()
 
 
 def _count(value: object) -> int | None:
     text = "" if value is None else str(value).strip()
     return int(text) if text.isdigit() else None
-
-
-@contextmanager
-def _find_association(pacs: PacsSettings, calling_ae: str) -> Iterator[tuple[Association, str]]:
-    where = describe_pacs(pacs, "C-FIND")
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = pacs.timeout_seconds
-    ae.dimse_timeout = pacs.timeout_seconds
-    ae.network_timeout = pacs.timeout_seconds
-    ae.connection_timeout = min(pacs.timeout_seconds, 10.0)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(pacs.host, pacs.port, ae_title=pacs.ae_title)
-    if not assoc.is_established:
-        raise PullUnavailable(f"{where}: association was not accepted")
-    try:
-        require_context(
-            assoc,
-            StudyRootQueryRetrieveInformationModelFind,
-            where=where,
-            service="Study Root C-FIND",
-        )
-    except PriorsUnavailable as e:
-        raise PullUnavailable(str(e)) from e
-    try:
-        yield assoc, where
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def _c_find(assoc: Association, query: Dataset, where: str) -> list[Dataset]:
-    answers: list[Dataset] = []
-    for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
-        if not status or "Status" not in status:
-            raise PullUnavailable(f"{where}: no answer (connection lost or timed out)")
-        code = int(status.Status)
-        if code in _PENDING:
-            if identifier is not None:
-                answers.append(identifier)
-        elif code_to_category(code) != "Success":
-            raise PullUnavailable(f"{where}: C-FIND failed with status 0x{code:04X}")
-    return answers
 
 
 # -- what the node holds -----------------------------------------------------------------
@@ -434,7 +343,7 @@ class StudyPuller:
         kept_prior = self.staging.is_complete(study_uid)
         directory = self.staging.prepare(study_uid)
         try:
-            try:
+            with _unavailable_as_pull_error():
                 files = retrieve_study(
                     study_uid,
                     pacs=self.pacs,
@@ -444,8 +353,6 @@ class StudyPuller:
                     timeout=self.pacs.retrieve_timeout_seconds,
                     move_destination=self.settings.node.ae_title,
                 )
-            except PriorsUnavailable as e:
-                raise PullUnavailable(str(e)) from e
             new = refused = 0
             for path in files:
                 try:

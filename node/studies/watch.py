@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 from sqlalchemy import select
 
+from node.backoff import doubling_wait
 from node.config import PacsSettings, Settings, WatchSettings
 from node.store.index import Index
 from node.store.models import Instance, Series, Study
@@ -195,7 +196,9 @@ class PullWatch:
 
     def _failed(self, reason: str) -> float:
         self._failed_polls += 1
-        delay = min(self.watch.interval_seconds * 2**self._failed_polls, MAX_BACKOFF_SECONDS)
+        # The first failure already waits twice the interval.
+        first = 2 * self.watch.interval_seconds
+        delay = doubling_wait(first, self._failed_polls, ceiling=MAX_BACKOFF_SECONDS)
         if self._failed_polls == 1:
             log.warning(
                 "watch: PACS %s: %s; polling again in %g s, waiting twice as long after each "

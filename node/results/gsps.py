@@ -25,7 +25,7 @@ from highdicom.pr import (
 from pydicom import Dataset
 
 from node.config import Output
-from node.results.author import SERIES_NUMBERS, ResultAuthor
+from node.results.author import SERIES_NUMBERS, ResultAuthor, follow_source
 from node.results.boxes import SourceBox, box_tracking_uid
 from node.results.disclaimer import TEST_MODEL_BANNER
 
@@ -49,9 +49,6 @@ def build_gsps(
     boxes: Sequence[SourceBox],
     *,
     author: ResultAuthor,
-    instance_number: int = 1,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
 ) -> Dataset:
     """Build a GSPS drawing ``boxes`` (source pixels) and their labels on ``source``.
 
@@ -86,16 +83,16 @@ def build_gsps(
     )
     gsps = GrayscaleSoftcopyPresentationState(
         referenced_images=[source],
-        series_instance_uid=hd.UID(series_instance_uid),
+        series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBERS[Output.GSPS],
-        sop_instance_uid=hd.UID(sop_instance_uid),
-        instance_number=instance_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
         manufacturer=author.manufacturer,
         manufacturer_model_name=model_label[:_LO_MAX],
         software_versions=author.software_version,
         device_serial_number="",
         content_label=gsps_content_label(is_test_model=is_test_model),
-        content_description=_description(model_label, is_test_model)[:_LO_MAX],
+        content_description=author.series_description("boxes"),
         graphic_annotations=[annotation],
         graphic_layers=[layer],
         institution_name=source.get("InstitutionName") or None,
@@ -104,17 +101,9 @@ def build_gsps(
         # highdicom's IDENTITY would show a MONOCHROME1 image inverted.
         presentation_lut_transformation=_presentation_lut(source),
     )
-    gsps.SeriesDescription = _description(model_label, is_test_model)[:_LO_MAX]
-    if "BodyPartExamined" in source:
-        # Without it dciodvfy asks for Laterality in the GSPS's General Series.
-        gsps.BodyPartExamined = source.BodyPartExamined
+    follow_source(gsps, source, author.series_description("boxes"))
     logger.info("built GSPS %s with %d box(es)", gsps.SOPInstanceUID, len(boxes))
     return gsps
-
-
-def _description(model_label: str, is_test_model: bool) -> str:
-    prefix = "TEST MODEL " if is_test_model else ""
-    return f"{prefix}AI boxes {model_label} (UNVERIFIED)"
 
 
 def _presentation_lut(source: Dataset) -> PresentationLUTTransformation:

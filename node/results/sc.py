@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.config import Output
 from node.imaging.radiograph import RadiographImage
-from node.results.author import SERIES_NUMBERS, ResultAuthor
+from node.results.author import SERIES_NUMBERS, ResultAuthor, follow_source
 from node.results.boxes import SourceBox
 from node.results.disclaimer import TEST_MODEL_BANNER
 
@@ -98,9 +98,6 @@ def build_burned_in_sc(
     *,
     impression: str,
     author: ResultAuthor,
-    instance_number: int = 1,
-    series_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
 ) -> Dataset:
     """Build the burned-in Secondary Capture of ``source``.
 
@@ -141,10 +138,10 @@ def build_burned_in_sc(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=hd.UID(series_instance_uid),
+        series_instance_uid=hd.UID(),
         series_number=SERIES_NUMBERS[Output.SC],
-        sop_instance_uid=hd.UID(sop_instance_uid),
-        instance_number=instance_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
         manufacturer=author.manufacturer,
         patient_orientation=(
             (str(orientation[0]), str(orientation[1]))
@@ -156,20 +153,12 @@ def build_burned_in_sc(
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sc.BurnedInAnnotation = "YES"
-    sc.SeriesDescription = _description(model_label, is_test_model)
+    follow_source(sc, source, author.series_description("burned-in"))
     sc.ImageComments = " / ".join(
         banner_lines(impression, model_label, is_test_model=is_test_model)
     )[:10240]
-    if "BodyPartExamined" in source:
-        # Without it dciodvfy asks for Laterality in the SC's General Series.
-        sc.BodyPartExamined = source.BodyPartExamined
     logger.info("built burned-in SC %s with %d box(es)", sc.SOPInstanceUID, len(boxes))
     return sc
-
-
-def _description(model_label: str, is_test_model: bool) -> str:
-    prefix = "TEST MODEL " if is_test_model else ""
-    return f"{prefix}AI burned-in {model_label} (UNVERIFIED)"[:_LO_MAX]
 
 
 def _source_picture(image: RadiographImage | Image.Image) -> Image.Image:

@@ -89,7 +89,6 @@ __all__ = [
     "ImageReference",
     "LocalizedFinding",
     "build_measurement_report",
-    "measurement_series_description",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,16 +124,6 @@ class LocalizedFinding:
     label: str
     box: SourceBox | None = None
     images: tuple[ImageReference, ...] = ()
-
-
-def measurement_series_description(task: str, model_label: str, *, is_test_model: bool) -> str:
-    """Series Description naming task and model, TEST MODEL first when so (LO: 64)."""
-    prefix = "TEST MODEL " if is_test_model else ""
-    text = f"{prefix}AI {task} {model_label} (UNVERIFIED)"
-    if len(text) > _LO_MAX:
-        # The model label is the longest part and the least useful in a list.
-        text = f"{prefix}AI {task} (UNVERIFIED)"
-    return text[:_LO_MAX]
 
 
 def build_measurement_report(
@@ -257,9 +246,7 @@ def build_measurement_report(
         is_final=False,
         is_verified=False,
         institution_name=first.get("InstitutionName") or None,
-        series_description=measurement_series_description(
-            task, model_label, is_test_model=is_test_model
-        ),
+        series_description=author.series_description(task),
         software_versions=author.software_version,
         specific_character_set=character_set(
             first,

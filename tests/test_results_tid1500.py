@@ -22,7 +22,8 @@ from node.results.author import ResultAuthor
 from node.results.boxes import SourceBox, box_tracking_uid, map_box, map_boxes
 from node.results.codes import FREE_TEXT_FINDING, coded_finding, finding_concept
 from node.results.disclaimer import TEST_MODEL_BANNER
-from node.results.tid1500 import ImageReference, LocalizedFinding, build_measurement_report
+from node.results.report_input import ImageReference, LocalizedFinding
+from node.results.tid1500 import build_measurement_report
 from tests.dicom_tools import dciodvfy_errors, pixelmed_sr_errors, write_tmp
 from tests.sr_content import evidence_uids, headers, library_uids, texts, validated_report
 

@@ -16,13 +16,14 @@ from node.imaging.volume import SliceSource, sample_indices, series_to_volume_in
 from node.inference.engine import TransformersEngine
 from node.pipeline.tasks import TaskInput, TaskOutcome, run_task
 from node.results.author import ResultAuthor
+from node.results.report_input import ImageReference
 from node.results.slices import (
     CITED_SLICES_LABELS,
     cited_slices,
     slice_references,
     volume_findings,
 )
-from node.results.tid1500 import ImageReference, build_measurement_report
+from node.results.tid1500 import build_measurement_report
 from node.testing.checkpoint import VOLUME_ANSWER
 from tests.dicom_tools import write_tmp
 from tests.sr_content import evidence_uids, library_uids, texts, validated_report

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from node.imaging.volume import SliceSource
 from node.results.findings import named_findings
-from node.results.tid1500 import ImageReference, LocalizedFinding
+from node.results.report_input import ImageReference, LocalizedFinding
 
 __all__ = [
     "CITED_SLICES_LABELS",

@@ -42,7 +42,6 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 from highdicom.sr import (
@@ -72,12 +71,18 @@ from pydicom.sr.codedict import codes
 from node.config import Output
 from node.inference.answers import LabResult
 from node.results.author import SERIES_NUMBERS, ResultAuthor
-from node.results.boxes import SourceBox, box_tracking_uid
+from node.results.boxes import box_tracking_uid
 from node.results.codes import coded_finding
 from node.results.content import algorithm_identification, derived_uid, device_observer_uid
 from node.results.disclaimer import TEST_MODEL_BANNER, disclaimer_text
-from node.results.image_library import image_library, is_image
+from node.results.image_library import image_library
 from node.results.labs import LAB_SCHEME, lab_measurement_group, lab_scheme_identification, lab_text
+from node.results.report_input import (
+    ImageReference,
+    LocalizedFinding,
+    check_sources,
+    distinct,
+)
 from node.results.sr import (
     COMPLETION_DESCRIPTION,
     character_set,
@@ -85,11 +90,7 @@ from node.results.sr import (
     evidence_header,
 )
 
-__all__ = [
-    "ImageReference",
-    "LocalizedFinding",
-    "build_measurement_report",
-]
+__all__ = ["build_measurement_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,24 +107,6 @@ _LO_MAX = 64
 _TRACKING_ID_MAX = 64
 
 _Group = PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations
-
-
-@dataclass(frozen=True)
-class ImageReference:
-    """One of the report's source images, or one frame of a multi-frame source."""
-
-    sop_instance_uid: str
-    frame_number: int | None = None  # 1-based
-
-
-@dataclass(frozen=True)
-class LocalizedFinding:
-    """A finding the model named: its box in pixels of the first source when it gave one,
-    else the source images it refers to (a volume's slices), if any."""
-
-    label: str
-    box: SourceBox | None = None
-    images: tuple[ImageReference, ...] = ()
 
 
 def build_measurement_report(
@@ -196,8 +179,8 @@ def build_measurement_report(
     for name, value in (("narrative", narrative), ("task", task), ("model_label", model_label)):
         if not value.strip():
             raise ValueError(f"{name} must not be empty or white space only")
-    sources = _distinct(sources)
-    _check_sources(sources, findings)
+    sources = distinct(sources)
+    check_sources(sources, findings)
     first = sources[0]
     created = now if now is not None else datetime.datetime.now()
     algorithm = algorithm_identification(model_label, author.software_version, task)
@@ -233,7 +216,7 @@ def build_measurement_report(
         _insert_before_measurements(root, library)
     root.ContentSequence.append(_qualitative_evaluations(text_items))
     sr = Comprehensive3DSR(
-        evidence=[evidence_header(ds) for ds in [*sources, *_distinct(prior_sources)]],
+        evidence=[evidence_header(ds) for ds in [*sources, *distinct(prior_sources)]],
         content=report,
         previous_versions=list(previous_versions) or None,
         series_instance_uid=hd.UID(series_instance_uid),
@@ -283,72 +266,6 @@ def build_measurement_report(
         is_test_model,
     )
     return sr
-
-
-def _distinct(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Each instance once (several frames of one object, a page twice), in the order given."""
-    by_uid: dict[str, Dataset] = {}
-    for ds in datasets:
-        by_uid.setdefault(str(ds.get("SOPInstanceUID", "")), ds)
-    return list(by_uid.values())
-
-
-def _check_sources(sources: Sequence[Dataset], findings: Sequence[LocalizedFinding]) -> None:
-    """One study, every reference resolvable, every box inside the first source."""
-    if not sources:
-        raise ValueError("sources must hold at least one instance")
-    for position, ds in enumerate(sources):
-        missing = [
-            keyword
-            for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID")
-            if not ds.get(keyword)
-        ]
-        if missing:
-            raise ValueError(f"source at position {position} has no {', '.join(missing)}")
-    studies = sorted({str(ds.StudyInstanceUID) for ds in sources})
-    if len(studies) > 1:
-        raise ValueError(
-            "sources must belong to one study, got StudyInstanceUIDs: " + ", ".join(studies)
-        )
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
-    for finding in findings:
-        if finding.box is not None:
-            if finding.images:
-                raise ValueError(
-                    f"finding {finding.label!r}: a box lies on the first source; "
-                    "give it no image references"
-                )
-            _check_box(sources[0], finding.label, finding.box)
-        for reference in finding.images:
-            _check_reference(by_uid, finding.label, reference)
-
-
-def _check_box(source: Dataset, label: str, box: SourceBox) -> None:
-    uid = source.SOPInstanceUID
-    if not is_image(source):
-        raise ValueError(f"source {uid} has no Rows/Columns: boxes need an image")
-    rows, columns = int(source.Rows), int(source.Columns)
-    if not (0 <= box.top < box.bottom <= rows and 0 <= box.left < box.right <= columns):
-        raise ValueError(
-            f"finding {label!r}: box {box} is not inside source {uid} "
-            f"({columns} columns × {rows} rows); map it with node.results.boxes"
-        )
-
-
-def _check_reference(by_uid: dict[str, Dataset], label: str, reference: ImageReference) -> None:
-    source = by_uid.get(reference.sop_instance_uid)
-    if source is None or not is_image(source):
-        raise ValueError(
-            f"finding {label!r}: image {reference.sop_instance_uid} is not among the "
-            "report's image sources"
-        )
-    frame = reference.frame_number
-    frames = int(source.get("NumberOfFrames", 1) or 1)
-    if frame is not None and not 1 <= frame <= frames:
-        raise ValueError(
-            f"finding {label!r}: image {reference.sop_instance_uid} has {frames} frame(s), "
-            f"frame {frame} referenced"
-        )
 
 
 def _uses_lab_scheme(groups: Sequence[_Group]) -> bool:

@@ -20,7 +20,8 @@ from node.inference.answers import LabResult
 from node.inference.request import Engine, Prompt
 from node.pipeline.tasks.job import InputError, TaskInput
 from node.results.author import ResultAuthor
-from node.results.tid1500 import LocalizedFinding, build_measurement_report
+from node.results.report_input import LocalizedFinding
+from node.results.tid1500 import build_measurement_report
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.boxes import map_boxes
 from node.results.findings import named_findings
 from node.results.gsps import build_gsps
+from node.results.report_input import LocalizedFinding
 from node.results.sc import build_burned_in_sc
-from node.results.tid1500 import LocalizedFinding
 
 
 def _view_rank(ds: Dataset) -> int:

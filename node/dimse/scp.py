@@ -3,18 +3,17 @@
 Each service has one intervention handler that returns a status; every failure is
 turned into a DICOM status here, at the boundary, and logged once. Notification handlers
 write the audit trail and count associations: accepted and refused ones, and when a
-connection closes, one ``study-received`` event per study it delivered.
+connection closes, one ``study-received`` event per study it delivered. TLS is set up in
+``node/dimse/tls.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -23,7 +22,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node import metrics
 from node.audit import AuditEvent, AuditLog
-from node.config import NodeSettings, Peer, TlsSettings
+from node.config import NodeSettings, Peer
+from node.dimse.tls import (
+    ClientGone,
+    HandshakeFailed,
+    TlsSetupError,
+    certificate_subject,
+    server_tls_context,
+    shake_hands,
+)
 from node.priors.cache import PriorCache, write_instance
 from node.store.ingest import Ingest, NotFiled, read_wire_header
 from node.store.meta import InvalidInstance, UnreadableData
@@ -43,119 +50,9 @@ SERVICE_USER = 0x01
 CALLING_AE_NOT_RECOGNIZED = 0x03
 CALLED_AE_NOT_RECOGNIZED = 0x07
 
-# A client that opens a TLS connection and says nothing is dropped after this long.
-TLS_HANDSHAKE_TIMEOUT = 30.0
-
 
 class ListenError(Exception):
-    """The SCP can't listen; the message names the setting to change."""
-
-
-class TlsSetupError(ListenError):
-    """A certificate, key or CA file that can't be used; the message names the key and file."""
-
-
-class _DeferredHandshakeContext(ssl.SSLContext):
-    """A server context whose sockets shake hands on the connection's own thread.
-
-    pynetdicom wraps each accepted socket in its accept loop; shaking hands there, a client
-    that connects and then says nothing would hold back every other TLS connection. Here
-    the wrap only prepares the socket and :meth:`StorageSCP._on_connection_open` runs the
-    handshake, with a deadline, on the thread pynetdicom starts for the connection.
-    """
-
-    def wrap_socket(  # type: ignore[override]
-        self,
-        sock: socket.socket,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLSocket:
-        return super().wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            session=session,
-        )
-
-
-def _read(path: Path, key: str) -> None:
-    try:
-        with path.open("rb") as f:
-            f.read(1)
-    except OSError as e:
-        raise TlsSetupError(f"{key}: cannot read {path}: {e.strerror or e}") from e
-
-
-def _load_certificates(context: ssl.SSLContext, path: Path, key: str) -> None:
-    """Load the PEM certificates in ``path``; TlsSetupError names the key and file."""
-    _read(path, key)
-    try:
-        context.load_verify_locations(cafile=str(path))
-    except ssl.SSLError as e:
-        raise TlsSetupError(f"{key}: {path} holds no PEM certificate ({e.reason or e})") from e
-
-
-def _no_passphrase() -> bytes:
-    raise TlsSetupError("encrypted")
-
-
-def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    """The SSL context of the TLS listener; TlsSetupError names the key and file that failed."""
-    cert_key, key_key = "node.tls.certificate", "node.tls.private_key"
-    # Parse the certificate file on its own first, so a failure is blamed on the right file.
-    _load_certificates(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls.certificate, cert_key)
-    _read(tls.private_key, key_key)
-    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(tls.certificate, tls.private_key, password=_no_passphrase)
-    except TlsSetupError as e:
-        raise TlsSetupError(
-            f"{key_key}: {tls.private_key} is encrypted; the node can't ask for a passphrase: "
-            "give it an unencrypted key that only the node's user can read"
-        ) from e
-    except ssl.SSLError as e:
-        if e.reason == "KEY_VALUES_MISMATCH":
-            problem = f"is not the key of {cert_key} {tls.certificate}"
-        else:
-            problem = f"holds no usable PEM private key ({e.reason or e})"
-        raise TlsSetupError(f"{key_key}: {tls.private_key} {problem}") from e
-    if tls.ca_certificates is not None:
-        _load_certificates(context, tls.ca_certificates, "node.tls.ca_certificates")
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-# The attribute names ssl.SSLSocket.getpeercert gives, as RFC 4514 writes them.
-_DN_ABBREVIATIONS = {
-    "commonName": "CN",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-}
-
-
-def _certificate_subject(sock: ssl.SSLSocket) -> str | None:
-    """The client certificate's subject as ``CN=…,O=…`` (verified ones only), else None."""
-    certificate = sock.getpeercert()
-    subject = certificate.get("subject", ()) if certificate else ()
-    if isinstance(subject, str):
-        return subject or None
-    # A tuple of relative distinguished names, each a tuple of (attribute, value) pairs.
-    names = [
-        f"{_DN_ABBREVIATIONS.get(pair[0], pair[0])}={pair[1]}"
-        for rdn in subject
-        for pair in rdn
-        if isinstance(pair, tuple)
-    ]
-    return ",".join(names) or None
+    """The SCP can't listen; the message names the setting (or the TLS file) to change."""
 
 
 def peer_allowed(peers: Sequence[Peer], ae_title: str, host: str) -> bool:
@@ -204,8 +101,8 @@ class StorageSCP:
     def start(self, host: str | None = None) -> None:
         """Listen on ``node.host`` (or ``host``): plain DICOM and/or TLS, as configured.
 
-        ListenError when a port can't be bound, TlsSetupError when the TLS files can't be used;
-        either way nothing is left listening.
+        ListenError when a port can't be bound or the TLS files can't be used; either way
+        nothing is left listening.
         """
         host = host if host is not None else self.settings.host
         handlers: list[Any] = [
@@ -217,7 +114,10 @@ class StorageSCP:
         ]
         tls, tls_port = self.settings.tls, self.settings.tls_port
         # Checked before anything listens: a bad file stops start-up with nothing bound.
-        context = server_tls_context(tls) if tls is not None else None
+        try:
+            context = server_tls_context(tls) if tls is not None else None
+        except TlsSetupError as e:
+            raise ListenError(str(e)) from e
         plain_port = self.settings.plain_port
         try:
             if plain_port is not None:
@@ -283,19 +183,15 @@ class StorageSCP:
         if not isinstance(sock, ssl.SSLSocket):
             return
         address, port = event.address[0], int(event.address[1])
-        blocking = sock.gettimeout()
         try:
-            sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
-            sock.do_handshake()
-            sock.settimeout(blocking)
-        except (ssl.SSLEOFError, ConnectionError) as e:
+            shake_hands(sock)
+        except ClientGone as e:
             # A port probe or a client that gave up: nothing was refused, nothing to audit.
             log.info("TLS connection from %s closed during the handshake (%s)", address, e)
             transport.close()
             return
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
-            log.warning("refused TLS connection from %s: handshake failed: %s", address, reason)
+        except HandshakeFailed as e:
+            log.warning("refused TLS connection from %s: handshake failed: %s", address, e)
             metrics.association_refused("tls")
             self.audit.record(
                 AuditEvent.ASSOCIATION_REFUSED,
@@ -303,7 +199,7 @@ class StorageSCP:
                 called_ae=None,
                 peer_address=str(address),
                 peer_port=port,
-                reason=f"TLS handshake failed: {reason}",
+                reason=f"TLS handshake failed: {e}",
             )
             # Closing the transport ends the association before anything is read from it.
             transport.close()
@@ -312,7 +208,7 @@ class StorageSCP:
             "TLS %s from %s, client certificate %s",
             sock.version(),
             address,
-            _certificate_subject(sock) or "none",
+            certificate_subject(sock) or "none",
         )
 
     def _on_requested(self, event: Any) -> None:
@@ -354,7 +250,7 @@ class StorageSCP:
         requestor = event.assoc.requestor
         sock = event.assoc.dul.socket.socket
         tls: dict[str, str | None] = (
-            {"tls": sock.version(), "peer_certificate": _certificate_subject(sock)}
+            {"tls": sock.version(), "peer_certificate": certificate_subject(sock)}
             if isinstance(sock, ssl.SSLSocket)
             else {}
         )

@@ -51,7 +51,9 @@ class NodeService:
         self.ingest = Ingest(
             self.spool, self.index, reopen_on_late=settings.node.late_arrivals == "rerun"
         )
-        self.scp = StorageSCP(settings.node, self.ingest, PriorCache(data_dir / "priors"))
+        # Instances our own C-MOVEs asked for are priors: cached, never new work.
+        priors = PriorCache(data_dir / "priors")
+        self.scp = StorageSCP(settings.node, self.ingest, move_receiver=priors.file_moved)
         count_query = (
             pacs_count_query(settings.pacs, settings.node.ae_title) if settings.pacs else None
         )

@@ -19,9 +19,9 @@ from pydicom import Dataset
 
 from fixtures.series import make_cr_study, make_ct_series
 from node import __version__
-from node.dimse.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 from node.http.urgency import urgent_findings
 from node.http.worklist import dicom_date, dicom_time, readable_name, viewer_link
+from node.store.outcome import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 from node.store.spool import Spool
 from tests.conftest import node_config, storescu
 from tests.peers import NodeProcess, wait_for

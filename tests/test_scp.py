@@ -16,10 +16,11 @@ from pynetdicom.sop_class import CTImageStorage, SecondaryCaptureImageStorage  #
 from pynetdicom.status import code_to_category
 
 from node.config import NodeSettings, Peer
-from node.dimse.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, StorageSCP
+from node.dimse.scp import StorageSCP
 from node.store.index import Index
 from node.store.ingest import Ingest
 from node.store.models import Instance, Study
+from node.store.outcome import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS
 from node.store.spool import Spool
 from tests.conftest import echoscu, storescu
 from tests.peers import free_port

@@ -20,7 +20,7 @@ import requests
 
 from fixtures.series import make_cr_study
 from node.config import TlsSettings
-from node.dimse.scp import TLS_HANDSHAKE_TIMEOUT, TlsSetupError, server_tls_context
+from node.dimse.tls import TLS_HANDSHAKE_TIMEOUT, TlsSetupError, server_tls_context
 from node.store.index import Index
 from tests.conftest import node_config, storescu
 from tests.peers import NodeProcess, free_port, serve_until_exit, wait_for

@@ -1,41 +1,44 @@
 """The DICOM SCP: C-ECHO and C-STORE for every storage SOP class, as pynetdicom intends.
 
-Each service has one intervention handler that returns a status; every failure is
-turned into a DICOM status here, at the boundary, and logged once. Notification handlers
-write the audit trail and count associations: accepted and refused ones, and when a
-connection closes, one ``study-received`` event per study it delivered.
+Each service has one intervention handler that returns a status. A C-STORE data set goes
+to the ingest (``node/store/ingest.py``), or, when a C-MOVE of the node's own asked for it
+(the request names our AE title as its move originator), to the receiver the service plugs
+in for those; either answers with an outcome (``node/store/outcome.py``) that this module
+only turns into a status, logging a refusal once. Notification handlers write the audit
+trail and count associations: accepted and refused ones, and when a connection closes, one
+``study-received`` event per study it delivered. TLS is set up in ``node/dimse/tls.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from io import BytesIO
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node import metrics
 from node.audit import AuditEvent, AuditLog
-from node.config import NodeSettings, Peer, TlsSettings
-from node.priors.cache import PriorCache, write_instance
-from node.store.ingest import Ingest, NotFiled, read_wire_header
-from node.store.meta import InvalidInstance, UnreadableData
-from node.store.part10 import part10_prefix
+from node.config import NodeSettings, Peer
+from node.dimse.tls import (
+    ClientGone,
+    HandshakeFailed,
+    TlsSetupError,
+    certificate_subject,
+    server_tls_context,
+    shake_hands,
+)
+from node.store.ingest import Ingest, Receiver, WireInstance
+from node.store.outcome import SUCCESS, ReceivedStudies, Refused, Stored
 
 log = logging.getLogger(__name__)
-
-# Storage service statuses (PS3.4 Annex B.2.3)
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
 
 # A-ASSOCIATE-RJ: rejected-permanent, service-user, and the reason (PS3.8 9.3.4)
 REJECTED_PERMANENT = 0x01
@@ -43,119 +46,9 @@ SERVICE_USER = 0x01
 CALLING_AE_NOT_RECOGNIZED = 0x03
 CALLED_AE_NOT_RECOGNIZED = 0x07
 
-# A client that opens a TLS connection and says nothing is dropped after this long.
-TLS_HANDSHAKE_TIMEOUT = 30.0
-
 
 class ListenError(Exception):
-    """The SCP can't listen; the message names the setting to change."""
-
-
-class TlsSetupError(ListenError):
-    """A certificate, key or CA file that can't be used; the message names the key and file."""
-
-
-class _DeferredHandshakeContext(ssl.SSLContext):
-    """A server context whose sockets shake hands on the connection's own thread.
-
-    pynetdicom wraps each accepted socket in its accept loop; shaking hands there, a client
-    that connects and then says nothing would hold back every other TLS connection. Here
-    the wrap only prepares the socket and :meth:`StorageSCP._on_connection_open` runs the
-    handshake, with a deadline, on the thread pynetdicom starts for the connection.
-    """
-
-    def wrap_socket(  # type: ignore[override]
-        self,
-        sock: socket.socket,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLSocket:
-        return super().wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            session=session,
-        )
-
-
-def _read(path: Path, key: str) -> None:
-    try:
-        with path.open("rb") as f:
-            f.read(1)
-    except OSError as e:
-        raise TlsSetupError(f"{key}: cannot read {path}: {e.strerror or e}") from e
-
-
-def _load_certificates(context: ssl.SSLContext, path: Path, key: str) -> None:
-    """Load the PEM certificates in ``path``; TlsSetupError names the key and file."""
-    _read(path, key)
-    try:
-        context.load_verify_locations(cafile=str(path))
-    except ssl.SSLError as e:
-        raise TlsSetupError(f"{key}: {path} holds no PEM certificate ({e.reason or e})") from e
-
-
-def _no_passphrase() -> bytes:
-    raise TlsSetupError("encrypted")
-
-
-def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
-    """The SSL context of the TLS listener; TlsSetupError names the key and file that failed."""
-    cert_key, key_key = "node.tls.certificate", "node.tls.private_key"
-    # Parse the certificate file on its own first, so a failure is blamed on the right file.
-    _load_certificates(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls.certificate, cert_key)
-    _read(tls.private_key, key_key)
-    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(tls.certificate, tls.private_key, password=_no_passphrase)
-    except TlsSetupError as e:
-        raise TlsSetupError(
-            f"{key_key}: {tls.private_key} is encrypted; the node can't ask for a passphrase: "
-            "give it an unencrypted key that only the node's user can read"
-        ) from e
-    except ssl.SSLError as e:
-        if e.reason == "KEY_VALUES_MISMATCH":
-            problem = f"is not the key of {cert_key} {tls.certificate}"
-        else:
-            problem = f"holds no usable PEM private key ({e.reason or e})"
-        raise TlsSetupError(f"{key_key}: {tls.private_key} {problem}") from e
-    if tls.ca_certificates is not None:
-        _load_certificates(context, tls.ca_certificates, "node.tls.ca_certificates")
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-# The attribute names ssl.SSLSocket.getpeercert gives, as RFC 4514 writes them.
-_DN_ABBREVIATIONS = {
-    "commonName": "CN",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "countryName": "C",
-    "stateOrProvinceName": "ST",
-    "localityName": "L",
-}
-
-
-def _certificate_subject(sock: ssl.SSLSocket) -> str | None:
-    """The client certificate's subject as ``CN=…,O=…`` (verified ones only), else None."""
-    certificate = sock.getpeercert()
-    subject = certificate.get("subject", ()) if certificate else ()
-    if isinstance(subject, str):
-        return subject or None
-    # A tuple of relative distinguished names, each a tuple of (attribute, value) pairs.
-    names = [
-        f"{_DN_ABBREVIATIONS.get(pair[0], pair[0])}={pair[1]}"
-        for rdn in subject
-        for pair in rdn
-        if isinstance(pair, tuple)
-    ]
-    return ",".join(names) or None
+    """The SCP can't listen; the message names the setting (or the TLS file) to change."""
 
 
 def peer_allowed(peers: Sequence[Peer], ae_title: str, host: str) -> bool:
@@ -164,30 +57,29 @@ def peer_allowed(peers: Sequence[Peer], ae_title: str, host: str) -> bool:
     return any(p.ae_title == ae_title and (p.host is None or p.host == host) for p in peers)
 
 
-@dataclass
-class _Received:
-    """What one association delivered of one study."""
-
-    instances: int = 0
-    patient_id: str | None = None  # audited only with node.log_phi
-
-
-def _requestor(event: Any) -> tuple[str, str]:
+def _requestor(event: Event) -> tuple[str, str]:
     requestor = event.assoc.requestor
     # Before negotiation only the A-ASSOCIATE-RQ primitive knows the calling AE.
     primitive = requestor.primitive
     calling = primitive.calling_ae_title if primitive is not None else requestor.ae_title
-    return str(calling).strip(), str(requestor.address)
+    return calling.strip(), requestor.address
+
+
+def _called(event: Event) -> str:
+    primitive = event.assoc.requestor.primitive
+    return primitive.called_ae_title.strip() if primitive is not None else ""
 
 
 class StorageSCP:
+    """The node's listener(s); ``move_receiver`` takes the instances our own C-MOVEs asked
+    for (None: they go to the ingest like any other)."""
+
     def __init__(
-        self, settings: NodeSettings, ingest: Ingest, prior_cache: PriorCache | None = None
+        self, settings: NodeSettings, ingest: Ingest, move_receiver: Receiver | None = None
     ) -> None:
         self.settings = settings
         self.ingest = ingest
-        # Instances our own C-MOVE asked for are priors: cached, never new work.
-        self.prior_cache = prior_cache
+        self.move_receiver = move_receiver
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = 0  # no limit: fewer, larger P-DATA PDUs
         self.ae.maximum_associations = 32
@@ -197,18 +89,18 @@ class StorageSCP:
                 self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._servers: list[ThreadedAssociationServer] = []
         self.audit = AuditLog.from_settings(settings)
-        # Per open association: (study UID, filed as a prior) -> what it delivered.
-        self._received: dict[Any, dict[tuple[str, bool], _Received]] = {}
+        # What each open association delivered, audited when it closes.
+        self._received: dict[Association, ReceivedStudies] = {}
         self._received_lock = threading.Lock()
 
     def start(self, host: str | None = None) -> None:
         """Listen on ``node.host`` (or ``host``): plain DICOM and/or TLS, as configured.
 
-        ListenError when a port can't be bound, TlsSetupError when the TLS files can't be used;
-        either way nothing is left listening.
+        ListenError when a port can't be bound or the TLS files can't be used; either way
+        nothing is left listening.
         """
         host = host if host is not None else self.settings.host
-        handlers: list[Any] = [
+        handlers: list[EventHandlerType] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
@@ -217,7 +109,10 @@ class StorageSCP:
         ]
         tls, tls_port = self.settings.tls, self.settings.tls_port
         # Checked before anything listens: a bad file stops start-up with nothing bound.
-        context = server_tls_context(tls) if tls is not None else None
+        try:
+            context = server_tls_context(tls) if tls is not None else None
+        except TlsSetupError as e:
+            raise ListenError(str(e)) from e
         plain_port = self.settings.plain_port
         try:
             if plain_port is not None:
@@ -231,7 +126,10 @@ class StorageSCP:
             if tls is None or context is None or tls_port is None:
                 log.info("DICOM TLS is off (node.tls unset)")
                 return
-            tls_handlers = [(evt.EVT_CONN_OPEN, self._on_connection_open), *handlers]
+            tls_handlers: list[EventHandlerType] = [
+                (evt.EVT_CONN_OPEN, self._on_connection_open),
+                *handlers,
+            ]
             key = "node.port" if self.settings.plain_port is None else "node.tls.port"
             self._listen(host, tls_port, key, tls_handlers, context)
         except ListenError:
@@ -256,7 +154,7 @@ class StorageSCP:
         host: str,
         port: int,
         key: str,
-        handlers: list[Any],
+        handlers: list[EventHandlerType],
         context: ssl.SSLContext | None,
     ) -> None:
         try:
@@ -276,48 +174,41 @@ class StorageSCP:
             server.shutdown()
         self._servers = []
 
-    def _on_connection_open(self, event: Any) -> None:
+    def _on_connection_open(self, event: Event) -> None:
         """TLS listener only: shake hands before pynetdicom reads the A-ASSOCIATE-RQ."""
         transport = event.assoc.dul.socket  # pynetdicom's AssociationSocket
-        sock = transport.socket
-        if not isinstance(sock, ssl.SSLSocket):
+        sock = transport.socket if transport is not None else None
+        if transport is None or not isinstance(sock, ssl.SSLSocket):
             return
-        address, port = event.address[0], int(event.address[1])
-        blocking = sock.gettimeout()
+        requestor = event.assoc.requestor
         try:
-            sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
-            sock.do_handshake()
-            sock.settimeout(blocking)
-        except (ssl.SSLEOFError, ConnectionError) as e:
+            shake_hands(sock)
+        except ClientGone as e:
             # A port probe or a client that gave up: nothing was refused, nothing to audit.
-            log.info("TLS connection from %s closed during the handshake (%s)", address, e)
+            log.info(
+                "TLS connection from %s closed during the handshake (%s)", requestor.address, e
+            )
             transport.close()
             return
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
-            log.warning("refused TLS connection from %s: handshake failed: %s", address, reason)
-            metrics.association_refused("tls")
-            self.audit.record(
-                AuditEvent.ASSOCIATION_REFUSED,
-                calling_ae=None,
-                called_ae=None,
-                peer_address=str(address),
-                peer_port=port,
-                reason=f"TLS handshake failed: {reason}",
+        except HandshakeFailed as e:
+            log.warning(
+                "refused TLS connection from %s: handshake failed: %s", requestor.address, e
             )
+            # Refused before the A-ASSOCIATE-RQ: no AE titles are known.
+            self._refused(event, None, None, "tls", f"TLS handshake failed: {e}")
             # Closing the transport ends the association before anything is read from it.
             transport.close()
             return
         log.debug(
             "TLS %s from %s, client certificate %s",
             sock.version(),
-            address,
-            _certificate_subject(sock) or "none",
+            requestor.address,
+            certificate_subject(sock) or "none",
         )
 
-    def _on_requested(self, event: Any) -> None:
+    def _on_requested(self, event: Event) -> None:
         calling, address = _requestor(event)
-        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+        called = _called(event)
         if called != self.settings.ae_title:
             log.warning(
                 "refused association from %s at %s: called AE %r is not %r",
@@ -336,141 +227,95 @@ class StorageSCP:
             self._refused(event, calling, called, "calling-ae", "not in node.allowed_peers")
             self._reject(event, CALLING_AE_NOT_RECOGNIZED)
 
-    def _refused(self, event: Any, calling: str, called: str, reason: str, detail: str) -> None:
+    def _refused(
+        self, event: Event, calling: str | None, called: str | None, reason: str, detail: str
+    ) -> None:
+        """Count and audit a refused connection; ``reason`` is the metric's label."""
         metrics.association_refused(reason)
         requestor = event.assoc.requestor
         self.audit.record(
             AuditEvent.ASSOCIATION_REFUSED,
             calling_ae=calling,
             called_ae=called,
-            peer_address=str(requestor.address),
-            peer_port=int(requestor.port),
+            peer_address=requestor.address,
+            peer_port=requestor.port,
             reason=detail,
         )
 
-    def _on_accepted(self, event: Any) -> None:
+    def _on_accepted(self, event: Event) -> None:
         metrics.association_accepted()
         calling, address = _requestor(event)
-        requestor = event.assoc.requestor
-        sock = event.assoc.dul.socket.socket
+        transport = event.assoc.dul.socket
+        sock = transport.socket if transport is not None else None
         tls: dict[str, str | None] = (
-            {"tls": sock.version(), "peer_certificate": _certificate_subject(sock)}
+            {"tls": sock.version(), "peer_certificate": certificate_subject(sock)}
             if isinstance(sock, ssl.SSLSocket)
             else {}
         )
         self.audit.record(
             AuditEvent.ASSOCIATION_ACCEPTED,
             calling_ae=calling,
-            called_ae=str(requestor.primitive.called_ae_title).strip(),
+            called_ae=_called(event),
             peer_address=address,
-            peer_port=int(requestor.port),
+            peer_port=event.assoc.requestor.port,
             **tls,
         )
 
-    def _note_received(
-        self, event: Any, study_uid: str, *, prior: bool, patient_id: str | None = None
-    ) -> None:
-        with self._received_lock:
-            studies = self._received.setdefault(event.assoc, {})
-            received = studies.setdefault((study_uid, prior), _Received())
-            received.instances += 1
-            received.patient_id = received.patient_id or patient_id
-
-    def _on_closed(self, event: Any) -> None:
+    def _on_closed(self, event: Event) -> None:
         """One audit event per study the association delivered (released, aborted or dropped)."""
         with self._received_lock:
-            studies = self._received.pop(event.assoc, {})
-        if not studies:
+            received = self._received.pop(event.assoc, None)
+        if received is None:
             return
         calling, address = _requestor(event)
-        for (study_uid, prior), received in studies.items():
-            phi = {"patient_id": received.patient_id} if self.audit.log_phi else {}
-            self.audit.record(
-                AuditEvent.STUDY_RECEIVED,
-                study_uid=study_uid,
-                instances=received.instances,
-                prior=prior,
-                calling_ae=calling,
-                peer_address=address,
-                **phi,
-            )
-
-    def _file_prior(self, event: Any, sop_uid: str, calling: str) -> int:
-        assert self.prior_cache is not None
-        request = event.request
-        transfer_syntax = event.context.transfer_syntax
-        try:
-            header = read_wire_header(request.DataSet, transfer_syntax)
-        except InvalidInstance as e:
-            log.error("prior instance %s from %s refused: %s", sop_uid, calling, e)
-            metrics.instance_refused("unreadable")
-            return CANNOT_UNDERSTAND
-        study_uid = str(header.get("StudyInstanceUID", ""))
-        directory = self.prior_cache.study_dir(study_uid)
-        if not directory.is_dir():
-            # Only a retrieval in progress prepares its directory; a late or unasked
-            # C-MOVE'd instance is refused rather than filed as new work.
-            log.warning(
-                "refused C-MOVE'd %s from %s: no retrieval of study %s is waiting",
-                sop_uid,
-                calling,
-                study_uid,
-            )
-            metrics.instance_refused("prior-not-waiting")
-            return DATASET_DOES_NOT_MATCH_SOP_CLASS
-        prefix = part10_prefix(str(request.AffectedSOPClassUID), sop_uid, transfer_syntax, calling)
-        write_instance(directory, sop_uid, prefix + request.DataSet.getvalue())
-        self._note_received(event, study_uid, prior=True)
-        return SUCCESS
+        received.record(self.audit, calling_ae=calling, peer_address=address)
 
     @staticmethod
-    def _reject(event: Any, reason: int) -> None:
+    def _reject(event: Event, reason: int) -> None:
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, reason)
         # As pynetdicom's own rejections do: let the DUL flush the A-ASSOCIATE-RJ before
         # the socket is shut down, or the peer only sees a dropped connection.
         event.assoc.kill()
 
-    def _on_echo(self, event: Any) -> int:
+    def _on_echo(self, event: Event) -> int:
         return SUCCESS
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Event) -> int:
+        request = event.request
+        assert isinstance(request, C_STORE)  # pynetdicom calls this for C-STORE only
         calling, address = _requestor(event)
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
-        originator = str(event.request.MoveOriginatorApplicationEntityTitle or "").strip()
-        if self.prior_cache is not None and originator == self.settings.ae_title:
-            return self._file_prior(event, sop_uid, calling)
-        try:
-            request = event.request
-            meta, filed = self.ingest.accept_received(
-                request.DataSet,
-                sop_class_uid=str(request.AffectedSOPClassUID),
-                sop_instance_uid=sop_uid,
-                transfer_syntax=event.context.transfer_syntax,
-                calling_ae=calling,
-            )
-        except InvalidInstance as e:
-            log.error("C-STORE of %s from %s at %s refused: %s", sop_uid, calling, address, e)
-            unreadable = isinstance(e, UnreadableData)
-            metrics.instance_refused("unreadable" if unreadable else "invalid")
-            return CANNOT_UNDERSTAND if unreadable else DATASET_DOES_NOT_MATCH_SOP_CLASS
-        except NotFiled as e:
-            # Disk full, database down: the sender keeps the instance and retries later.
-            log.error("C-STORE of %s from %s at %s not filed: %s", sop_uid, calling, address, e)
-            metrics.instance_refused("not-filed")
-            return OUT_OF_RESOURCES
-        except Exception:
-            log.exception(
-                "C-STORE of %s from %s at %s could not be filed", sop_uid, calling, address
-            )
-            metrics.instance_refused("not-filed")
-            return OUT_OF_RESOURCES
-        self._note_received(event, meta.study_uid, prior=False, patient_id=meta.patient_id)
-        if meta.sop_uid != sop_uid:
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        instance = WireInstance(
+            dataset=request.DataSet or BytesIO(),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=sop_uid,
+            transfer_syntax=event.context.transfer_syntax,
+            calling_ae=calling,
+        )
+        originator = (request.MoveOriginatorApplicationEntityTitle or "").strip()
+        receiver = self.move_receiver if originator == self.settings.ae_title else None
+        if receiver is not None:
+            outcome = receiver(instance)
+            where = f"C-MOVE'd {sop_uid} from {calling}"
+        else:
+            outcome = self.ingest.accept_received(instance)
+            where = f"C-STORE of {sop_uid} from {calling} at {address}"
+        if isinstance(outcome, Refused):
+            outcome.report(log, where)
+            return outcome.status
+        self._note_received(event, outcome, moved=receiver is not None)
+        if outcome.sop_instance_uid != sop_uid:
             log.warning(
                 "C-STORE from %s: AffectedSOPInstanceUID %s differs from the data set's %s",
                 calling,
                 sop_uid,
-                meta.sop_uid,
+                outcome.sop_instance_uid,
             )
-        log.debug("filed %s (%s) from %s", meta.sop_uid, filed, calling)
+        log.debug("filed %s (%s) from %s", outcome.sop_instance_uid, outcome.filed, calling)
         return SUCCESS
+
+    def _note_received(self, event: Event, stored: Stored, *, moved: bool) -> None:
+        with self._received_lock:
+            received = self._received.setdefault(event.assoc, ReceivedStudies())
+            # The audit trail calls what our own C-MOVEs fetched priors.
+            received.add(stored, prior=moved)

@@ -3,15 +3,16 @@
 Each ``application/dicom`` part of the ``multipart/related`` body is a Part 10 file and
 goes through :meth:`node.store.ingest.Ingest.accept`: fsynced into the spool, indexed,
 completeness rules unchanged. The body is parsed as it streams in (python-multipart's
-boundary parser), so only one part is held in memory at a time. Failures become the
-C-STORE failure statuses the SCP uses, in the response's Failed SOP Sequence; the HTTP
-status is 200 (all stored), 202 (some stored), 409 (none stored), 400 (not a multipart
-body), 415 (not ``application/dicom`` parts).
+boundary parser), so only one part is held in memory at a time. This module only puts
+each part's outcome (``node/store/outcome.py``) into the response: a refusal's C-STORE
+status goes into the Failed SOP Sequence; the HTTP status is 200 (all stored), 202 (some
+stored), 409 (none stored), 503 (none stored, all for the node's own trouble: retry
+later), 400 (not a multipart body), 415 (not ``application/dicom`` parts).
 
 There is no calling AE: the sender recorded with the series is the client's address
 (when it fits an AE title's 16 characters), and ``node.allowed_peers`` doesn't apply.
-As for C-STORE, refusals are counted by reason (``metrics.instance_refused``) and each
-study a request delivered is one ``study-received`` audit event (``via: stow-rs``).
+As for C-STORE, refusals are logged and counted by reason, and each study a request
+delivered is one ``study-received`` audit event (``via: stow-rs``).
 """
 
 from __future__ import annotations
@@ -27,11 +28,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from node import metrics
-from node.audit import AuditEvent, AuditLog
-from node.dimse.scp import CANNOT_UNDERSTAND, DATASET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES
-from node.store.ingest import Ingest, NotFiled, read_header
-from node.store.meta import InvalidInstance, UnreadableData
+from node.audit import AuditLog
+from node.store.ingest import Ingest
+from node.store.outcome import IngestOutcome, ReceivedStudies, Refusal, Refused
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -52,17 +51,10 @@ class _Part:
     data: bytes
 
 
-@dataclass(frozen=True)
-class _Failure:
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-    reason: int
-
-
 @dataclass
 class StowResult:
     stored: list[tuple[str, str]] = field(default_factory=list)  # (SOP Class, SOP Instance)
-    failed: list[_Failure] = field(default_factory=list)
+    failed: list[Refused] = field(default_factory=list)
 
     @property
     def status_code(self) -> int:
@@ -70,7 +62,7 @@ class StowResult:
             return 200
         if self.stored:
             return 202
-        if all(f.reason == OUT_OF_RESOURCES for f in self.failed):
+        if all(f.retry_later for f in self.failed):
             return 503  # the disk or the index is failing: the sender should retry later
         return 409
 
@@ -84,7 +76,7 @@ class StowResult:
             items = []
             for failure in self.failed:
                 item = _reference(failure.sop_class_uid, failure.sop_instance_uid)
-                item.FailureReason = failure.reason
+                item.FailureReason = failure.status
                 items.append(item)
             response.FailedSOPSequence = items
         return response.to_json_dict()
@@ -155,14 +147,6 @@ def _media_type(value: str | None) -> str:
     return media.decode("latin-1").lower()
 
 
-@dataclass
-class _Received:
-    """What one request delivered of one study (audited as DICOM's "instances transferred")."""
-
-    instances: int = 0
-    patient_id: str | None = None  # audited only with node.log_phi
-
-
 class _Storer:
     def __init__(self, ingest: Ingest, sender: str, study_uid: str | None) -> None:
         self.ingest = ingest
@@ -171,79 +155,35 @@ class _Storer:
         self.calling_ae = sender if len(sender) <= _AE_TITLE_LENGTH else None
         self.study_uid = study_uid
         self.result = StowResult()
-        self.received: dict[str, _Received] = {}
-
-    def _refuse(self, failure: _Failure, metric_reason: str) -> None:
-        self.result.failed.append(failure)
-        metrics.instance_refused(metric_reason)
+        self.received = ReceivedStudies()
 
     def store(self, part: _Part) -> None:
         """File one part (blocking: fsync and index); its outcome goes into ``result``."""
         where = f"STOW-RS part {part.number} from {self.sender}"
         media = _media_type(part.content_type) if part.content_type else DICOM_MEDIA_TYPE
-        if media != DICOM_MEDIA_TYPE:
-            log.error("%s refused: content type %r is not %s", where, media, DICOM_MEDIA_TYPE)
-            self._refuse(_Failure(None, None, CANNOT_UNDERSTAND), "unreadable")
-            return
-        try:
-            header = read_header(part.data)
-        except UnreadableData as e:
-            log.error("%s refused: %s", where, e)
-            self._refuse(_Failure(None, None, CANNOT_UNDERSTAND), "unreadable")
-            return
-        sop_class = str(header.get("SOPClassUID", "")) or None
-        sop_instance = str(header.get("SOPInstanceUID", "")) or None
-        study = str(header.get("StudyInstanceUID", ""))
-        if self.study_uid is not None and study != self.study_uid:
-            log.error(
-                "%s refused: instance %s is in study %s, not the request's %s",
-                where,
-                sop_instance,
-                study or "(none)",
-                self.study_uid,
+        outcome: IngestOutcome
+        if media == DICOM_MEDIA_TYPE:
+            outcome = self.ingest.accept(
+                part.data, calling_ae=self.calling_ae, into_study=self.study_uid
             )
-            self._refuse(
-                _Failure(sop_class, sop_instance, DATASET_DOES_NOT_MATCH_SOP_CLASS), "invalid"
-            )
+        else:
+            message = f"content type {media!r} is not {DICOM_MEDIA_TYPE}"
+            outcome = Refused(Refusal.NOT_DICOM, message)
+        if isinstance(outcome, Refused):
+            if outcome.sop_instance_uid:
+                where += f" (instance {outcome.sop_instance_uid})"
+            outcome.report(log, where)
+            self.result.failed.append(outcome)
             return
-        try:
-            meta, filed = self.ingest.accept(part.data, calling_ae=self.calling_ae)
-        except InvalidInstance as e:
-            log.error("%s (instance %s) refused: %s", where, sop_instance, e)
-            unreadable = isinstance(e, UnreadableData)
-            reason = CANNOT_UNDERSTAND if unreadable else DATASET_DOES_NOT_MATCH_SOP_CLASS
-            self._refuse(
-                _Failure(sop_class, sop_instance, reason), "unreadable" if unreadable else "invalid"
-            )
-            return
-        except NotFiled as e:
-            # Disk full, database down: the sender keeps the instance and retries later.
-            log.error("%s (instance %s) not filed: %s", where, sop_instance, e)
-            self._refuse(_Failure(sop_class, sop_instance, OUT_OF_RESOURCES), "not-filed")
-            return
-        except Exception:
-            log.exception("%s (instance %s) could not be filed", where, sop_instance)
-            self._refuse(_Failure(sop_class, sop_instance, OUT_OF_RESOURCES), "not-filed")
-            return
-        log.debug("filed %s (%s) from %s by STOW-RS", meta.sop_uid, filed, self.sender)
-        self.result.stored.append((meta.sop_class_uid, meta.sop_uid))
-        received = self.received.setdefault(meta.study_uid, _Received())
-        received.instances += 1
-        received.patient_id = received.patient_id or meta.patient_id
+        log.debug(
+            "filed %s (%s) from %s by STOW-RS", outcome.sop_instance_uid, outcome.filed, self.sender
+        )
+        self.result.stored.append((outcome.sop_class_uid, outcome.sop_instance_uid))
+        self.received.add(outcome)
 
     def audit(self, audit: AuditLog) -> None:
         """One event per study the request delivered, as the SCP writes one per association."""
-        for study_uid, received in self.received.items():
-            phi = {"patient_id": received.patient_id} if audit.log_phi else {}
-            audit.record(
-                AuditEvent.STUDY_RECEIVED,
-                study_uid=study_uid,
-                instances=received.instances,
-                prior=False,
-                via="stow-rs",
-                peer_address=self.sender,
-                **phi,
-            )
+        self.received.record(audit, via="stow-rs", peer_address=self.sender)
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -298,7 +238,7 @@ async def receive_stow(
         log.error("STOW-RS from %s: %s", sender, problem)
         if not result.stored:
             return _error(400, problem)
-        result.failed.append(_Failure(None, None, CANNOT_UNDERSTAND))
+        result.failed.append(Refused(Refusal.NOT_DICOM, problem))
     if not result.stored and not result.failed:
         return _error(400, "the multipart body holds no parts")
     log.info(

@@ -5,6 +5,10 @@ directory is a hash of the Study Instance UID and each file a hash of its SOP
 Instance UID. A study counts as complete only once its marker file is written,
 after the retrieval finished; a directory without one is a half-done retrieval and
 is emptied before the next try.
+
+The instances a C-MOVE of the node's own delivers come in through the SCP, which hands
+them to :meth:`PriorCache.file_moved` (plugged in by ``node/service.py``): written into
+the directory of a retrieval that waits for them, refused otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from node.store.index import Filed
+from node.store.ingest import WireInstance, read_wire_header
+from node.store.meta import UnreadableData
+from node.store.outcome import IngestOutcome, Refusal, Refused, Stored
+from node.store.part10 import part10_prefix
 
 __all__ = ["PriorCache", "instance_file_name", "write_instance"]
 
@@ -89,6 +99,31 @@ class PriorCache:
         directory = self.study_dir(study_uid)
         directory.mkdir(parents=True, exist_ok=True)
         return directory
+
+    def file_moved(self, instance: WireInstance) -> IngestOutcome:
+        """Write a C-MOVE'd instance into its study's directory, if a retrieval waits for it.
+
+        Only a retrieval in progress prepares its directory: a late or unasked-for instance
+        is refused rather than filed as new work.
+        """
+        sop_class, sop_uid = instance.sop_class_uid, instance.sop_instance_uid
+        try:
+            header = read_wire_header(instance.dataset, instance.transfer_syntax)
+        except UnreadableData as e:
+            return Refused(Refusal.NOT_DICOM, str(e), sop_class, sop_uid)
+        study_uid = str(header.get("StudyInstanceUID", ""))
+        directory = self.study_dir(study_uid)
+        if not directory.is_dir():
+            message = f"no retrieval of study {study_uid} is waiting"
+            return Refused(Refusal.PRIOR_NOT_WAITING, message, sop_class, sop_uid)
+        filed = Filed.DUPLICATE if (directory / instance_file_name(sop_uid)).exists() else Filed.NEW
+        prefix = part10_prefix(sop_class, sop_uid, instance.transfer_syntax, instance.calling_ae)
+        try:
+            write_instance(directory, sop_uid, prefix + instance.dataset.getvalue())
+        except OSError as e:
+            message = f"the priors cache can't take it: {e.strerror or e}"
+            return Refused(Refusal.NOT_FILED, message, sop_class, sop_uid)
+        return Stored(sop_class, sop_uid, study_uid, filed)
 
     def clean_older_than(self, days: float) -> int:
         """Remove studies last completed (or, if never completed, written) over ``days`` ago;

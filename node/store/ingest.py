@@ -3,11 +3,17 @@
 The spool is the source of truth: a file is fsynced before it is indexed, and at
 start-up every spooled file missing from the index is indexed (``reconcile``), so an
 instance that was acknowledged survives a crash at any point.
+
+Every way in (C-STORE, STOW-RS, a study pulled from the PACS) gets one answer per instance,
+an :data:`node.store.outcome.IngestOutcome`, never an exception: stored (new or a duplicate)
+or refused with the reason, which each transport puts into its own wire form.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node import metrics
 from node.store.index import Filed, Index
 from node.store.meta import INDEXED_TAGS, InstanceMeta, InvalidInstance, UnreadableData
+from node.store.outcome import IngestOutcome, Refusal, Refused, Stored
 from node.store.part10 import part10_prefix
 from node.store.spool import Spool
 
@@ -31,7 +38,7 @@ PIXEL_DATA_GROUP_START = Tag(0x7FE0, 0x0008)
 
 
 def _before_pixel_data(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag >= PIXEL_DATA_GROUP_START
+    return bool(tag >= PIXEL_DATA_GROUP_START)
 
 
 def read_wire_header(dataset: BytesIO, transfer_syntax: UID) -> Dataset:
@@ -64,12 +71,9 @@ def read_header(source: bytes | Path) -> Dataset:
         raise UnreadableData(f"not a readable DICOM data set ({type(e).__name__}: {e})") from e
 
 
-class NotFiled(RuntimeError):
-    """A good instance that can't be stored now (disk full, index unreachable).
-
-    Nothing of it is left behind; the sender keeps it and sends it again later. The message
-    is one line naming the cause, for one log line per refused instance.
-    """
+class _NotFiled(RuntimeError):
+    """A good instance that can't be stored now (disk full, index unreachable); the message
+    is one line naming the cause."""
 
 
 def _first_line(error: BaseException) -> str:
@@ -77,54 +81,108 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _part10_meta(header: Dataset, calling_ae: str | None) -> InstanceMeta:
+    """The index's view of a Part 10 file's header; InvalidInstance names what is wrong."""
+    transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+    return InstanceMeta.from_dataset(
+        header, transfer_syntax_uid=transfer_syntax, calling_ae=calling_ae
+    )
+
+
+def _refused(error: Exception, sop_class_uid: str, sop_uid: str) -> Refused:
+    """The refusal for what went wrong while reading or filing an instance."""
+    uids = (sop_class_uid or None, sop_uid or None)
+    if isinstance(error, UnreadableData):
+        return Refused(Refusal.NOT_DICOM, str(error), *uids)
+    if isinstance(error, InvalidInstance):
+        return Refused(Refusal.INVALID, str(error), *uids)
+    if isinstance(error, _NotFiled):
+        return Refused(Refusal.NOT_FILED, str(error), *uids)
+    # A bug or a library's surprise: the sender retries, the traceback goes to the log.
+    return Refused(Refusal.FAILED, f"{type(error).__name__}: {error}", *uids, error)
+
+
+@dataclass(frozen=True)
+class WireInstance:
+    """A C-STORE data set as it came off the wire (no file meta), with what the request says."""
+
+    dataset: BytesIO
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: UID
+    calling_ae: str | None
+
+
+# What the SCP hands a C-STORE data set to: Ingest.accept_received, or the receiver of
+# the instances a C-MOVE of our own asked for.
+Receiver = Callable[[WireInstance], IngestOutcome]
+
+
 class Ingest:
+    """Files instances; every method that takes one answers with an IngestOutcome and never
+    raises for it: a refused instance leaves nothing behind."""
+
     def __init__(self, spool: Spool, index: Index, *, reopen_on_late: bool) -> None:
         self.spool = spool
         self.index = index
         self.reopen_on_late = reopen_on_late
 
-    def accept(self, part10: bytes, *, calling_ae: str | None) -> tuple[InstanceMeta, Filed]:
-        """File a DICOM Part 10 byte stream; raises InvalidInstance for bad input."""
-        header = read_header(part10)
-        meta = InstanceMeta.from_dataset(
-            header,
-            transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
-            calling_ae=calling_ae,
-        )
-        return meta, self._file(meta, part10)
+    def accept(
+        self, part10: bytes, *, calling_ae: str | None, into_study: str | None = None
+    ) -> IngestOutcome:
+        """File a DICOM Part 10 byte stream; with ``into_study``, only an instance of it."""
+        sop_class = sop_uid = ""
+        try:
+            header = read_header(part10)
+            sop_class = str(header.get("SOPClassUID", ""))
+            sop_uid = str(header.get("SOPInstanceUID", ""))
+            study = str(header.get("StudyInstanceUID", ""))
+            if into_study is not None and study != into_study:
+                return Refused(
+                    Refusal.WRONG_STUDY,
+                    f"its study is {study or '(none)'}, not the request's {into_study}",
+                    sop_class or None,
+                    sop_uid or None,
+                )
+            meta = _part10_meta(header, calling_ae)
+            return Stored.of(meta, self._file(meta, part10))
+        except Exception as e:
+            return _refused(e, sop_class, sop_uid)
 
-    def accept_received(
-        self,
-        dataset: BytesIO,
-        *,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-        transfer_syntax: UID,
-        calling_ae: str | None,
-    ) -> tuple[InstanceMeta, Filed]:
+    def accept_received(self, instance: WireInstance) -> IngestOutcome:
         """File a C-STORE data set as it came off the wire, without copying its pixel data."""
-        header = read_wire_header(dataset, transfer_syntax)
-        meta = InstanceMeta.from_dataset(
-            header, transfer_syntax_uid=transfer_syntax, calling_ae=calling_ae
-        )
-        prefix = part10_prefix(sop_class_uid, sop_instance_uid, transfer_syntax, calling_ae)
-        return meta, self._file(meta, prefix, dataset.getbuffer())
+        try:
+            header = read_wire_header(instance.dataset, instance.transfer_syntax)
+            meta = InstanceMeta.from_dataset(
+                header,
+                transfer_syntax_uid=instance.transfer_syntax,
+                calling_ae=instance.calling_ae,
+            )
+            prefix = part10_prefix(
+                instance.sop_class_uid,
+                instance.sop_instance_uid,
+                instance.transfer_syntax,
+                instance.calling_ae,
+            )
+            return Stored.of(meta, self._file(meta, prefix, instance.dataset.getbuffer()))
+        except Exception as e:
+            return _refused(e, instance.sop_class_uid, instance.sop_instance_uid)
 
     def _file(self, meta: InstanceMeta, *chunks: bytes | memoryview) -> Filed:
-        """Spool, then index; NotFiled (with nothing new left on disk) when either fails."""
+        """Spool, then index; _NotFiled (with nothing new left on disk) when either fails."""
         path = self.spool.path_for(meta.study_uid, meta.series_uid, meta.sop_uid)
         existed = path.exists()  # an earlier, acknowledged copy must survive a failure now
         try:
             self.spool.write(path, *chunks)
         except OSError as e:
-            raise NotFiled(f"the spool can't take it: {e.strerror or e}") from e
+            raise _NotFiled(f"the spool can't take it: {e.strerror or e}") from e
         reopen = self.reopen_on_late and not meta.is_own_result
         try:
             filed = self.index.file_instance(meta, str(path), reopen=reopen)
         except SQLAlchemyError as e:
             if not existed:
                 path.unlink(missing_ok=True)
-            raise NotFiled(f"the index can't take it: {_first_line(e)}") from e
+            raise _NotFiled(f"the index can't take it: {_first_line(e)}") from e
         metrics.instance_received(meta.modality)
         return filed
 
@@ -137,12 +195,7 @@ class Ingest:
         added = 0
         for path in self.spool.files():
             try:
-                header = read_header(path)
-                meta = InstanceMeta.from_dataset(
-                    header,
-                    transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
-                    calling_ae=None,
-                )
+                meta = _part10_meta(read_header(path), None)
             except InvalidInstance as e:
                 log.error("spooled file %s can't be indexed: %s", path, e)
                 continue

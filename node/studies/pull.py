@@ -44,9 +44,9 @@ from node.pacs_errors import PacsUnavailable, describe_pacs
 from node.priors.cache import PriorCache
 from node.priors.retrieve import retrieve_study
 from node.store.index import Filed, Index
-from node.store.ingest import Ingest, NotFiled
-from node.store.meta import InvalidInstance
+from node.store.ingest import Ingest
 from node.store.models import Instance, JobState, Series, Study, StudyState
+from node.store.outcome import Refused
 from node.store.spool import Spool
 
 __all__ = [
@@ -355,23 +355,22 @@ class StudyPuller:
                 )
             new = refused = 0
             for path in files:
-                try:
-                    _meta, outcome = self.ingest.accept(
-                        path.read_bytes(), calling_ae=self.pacs.ae_title
-                    )
-                except InvalidInstance as e:
+                outcome = self.ingest.accept(path.read_bytes(), calling_ae=self.pacs.ae_title)
+                if isinstance(outcome, Refused):
+                    if outcome.retry_later:
+                        raise PullUnavailable(
+                            f"study {study_uid}: the node can't file it: {outcome.message}"
+                        ) from outcome.error
                     # The file's name is a hash; the study and the reason say enough.
                     log.error(
                         "an instance of study %s from PACS %s can't be filed: %s",
                         study_uid,
                         self.pacs.ae_title,
-                        e,
+                        outcome.message,
                     )
                     refused += 1
                     continue
-                except NotFiled as e:
-                    raise PullUnavailable(f"study {study_uid}: the node can't file it: {e}") from e
-                new += outcome == Filed.NEW
+                new += outcome.filed == Filed.NEW
             return new, refused, len(files)
         finally:
             if not kept_prior:

@@ -21,6 +21,7 @@ from node.inference.prompts import (
     DEFAULT_MAX_NEW_TOKENS,
 )
 from node.inference.request import Engine, Prompt
+from node.pipeline.record import JobRecord
 from node.priors.lookup import PriorLookup
 from node.results.tid1500 import LocalizedFinding, build_measurement_report
 
@@ -34,7 +35,7 @@ class InputError(ValueError):
 @dataclass
 class TaskOutcome:
     results: list[Dataset]
-    record: dict[str, object] = field(default_factory=dict)
+    record: JobRecord  # the task's own model (node.pipeline.record)
 
 
 @dataclass(frozen=True)

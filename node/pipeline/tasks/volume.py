@@ -18,6 +18,7 @@ from node.inference.prompts import (
     volume_prompt,
 )
 from node.inference.request import Engine
+from node.pipeline.record import VolumeRecord
 from node.pipeline.tasks.common import (
     InputError,
     TaskInput,
@@ -98,16 +99,19 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             conclusion=_volume_conclusion(verdict, modality),
             context_used=context.text if context else None,
         )
-        record: dict[str, object] = {
-            "series": series_uid,
-            "slices_sent": len(volume.images),
-            "verdict": verdict,
-            "findings": [f.label for f in named.findings],
-            "cited_slices": named.cited,
-            "notes": list(volume.notes) + errors + named.notes + _resampled_note(volume),
-            "other_series": [uid for uid, _ in ranked if uid != series_uid],
-            **sent,
-        }
+        # ``sent`` is checked against the model's fields as the record is made.
+        record = VolumeRecord.model_validate(
+            {
+                "series": series_uid,
+                "slices_sent": len(volume.images),
+                "verdict": verdict,
+                "findings": [f.label for f in named.findings],
+                "cited_slices": named.cited,
+                "notes": list(volume.notes) + errors + named.notes + _resampled_note(volume),
+                "other_series": [uid for uid, _ in ranked if uid != series_uid],
+                **sent,
+            }
+        )
         return TaskOutcome(results=[sr], record=record)
     raise InputError("no series could be assembled into a volume: " + "; ".join(errors))
 

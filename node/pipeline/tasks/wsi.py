@@ -17,6 +17,7 @@ from node.inference.prompts import (
     wsi_prompt,
 )
 from node.inference.request import Engine
+from node.pipeline.record import WsiRecord
 from node.pipeline.tasks.common import (
     InputError,
     TaskInput,
@@ -64,20 +65,20 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
         raise InputError(f"{engine.label} gave no usable description: {e}") from e
     level = _level_headers(headers, slide)
     sr = measurement_report(job, engine, level, [], narrative=description)
-    record: dict[str, object] = {
-        "series": slide.series_uid,
-        "patches_sent": len(slide.patches),
-        "level_index": slide.level_index,
-        "level_instances": [str(h.SOPInstanceUID) for h in level],
-        "magnification": slide.magnification,
-        "sample_seed": slide.seed,
+    record = WsiRecord(
+        series=slide.series_uid,
+        patches_sent=len(slide.patches),
+        level_index=slide.level_index,
+        level_instances=[str(h.SOPInstanceUID) for h in level],
+        magnification=slide.magnification,
+        sample_seed=slide.seed,
         # What the prompt's "{tissue}, {procedure}:" line said, and where it came from.
-        "tissue": tissue.text or WSI_UNKNOWN,
-        "tissue_source": tissue.source,
-        "procedure": procedure.text or WSI_UNKNOWN,
-        "procedure_source": procedure.source,
-        "notes": slide.notes,
-    }
+        tissue=tissue.text or WSI_UNKNOWN,
+        tissue_source=tissue.source,
+        procedure=procedure.text or WSI_UNKNOWN,
+        procedure_source=procedure.source,
+        notes=slide.notes,
+    )
     return TaskOutcome(results=[sr], record=record)
 
 

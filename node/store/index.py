@@ -26,9 +26,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from node.config import Task
 from node.store.database import make_engine
-from node.store.jobs import JobQueue
+from node.store.jobs import JobQueue, PlannedJob, queued_job
 from node.store.meta import InstanceMeta
 from node.store.models import (
     Base,
@@ -52,14 +51,6 @@ REOPENED_NOTE = "re-opened by instances that arrived after routing"
 class Filed(StrEnum):
     NEW = "new"
     DUPLICATE = "duplicate"  # same SOP Instance UID seen before: the file is replaced, no new work
-
-
-@dataclass(frozen=True)
-class PlannedJob:
-    task: str  # a Task value
-    rule: str
-    series_uids: list[str]
-    save_inputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -283,17 +274,7 @@ class Index(JobQueue):
                 .where(Job.study_id == study_id, Job.state.in_([JobState.QUEUED, JobState.FAILED]))
                 .values(state=JobState.SUPERSEDED, finished_at=utcnow())
             )
-            for job in planned:
-                s.add(
-                    Job(
-                        study_id=study_id,
-                        task=Task(job.task),
-                        rule=job.rule,
-                        series_uids=list(job.series_uids),
-                        save_inputs=job.save_inputs,
-                        state=JobState.QUEUED,
-                    )
-                )
+            s.add_all(queued_job(study_id, job) for job in planned)
             study.state = StudyState.ROUTED if planned else StudyState.SKIPPED
             study.note = None if planned else "no routing rule matched any series"
             return True

@@ -8,6 +8,7 @@ A running job holds a lease; a crashed worker's lease expires and the job is que
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,29 @@ from node.config import Task
 from node.store.database import Database
 from node.store.models import Job, JobState, Study, utcnow
 
-__all__ = ["JobQueue"]
+__all__ = ["JobQueue", "PlannedJob", "queued_job"]
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job routing wants for a study (:func:`node.studies.routing.plan_jobs`)."""
+
+    task: str  # a Task value
+    rule: str
+    series_uids: list[str]
+    save_inputs: bool = False
+
+
+def queued_job(study_id: int, work: PlannedJob | Job) -> Job:
+    """A new queued job of the study for ``work``: routing's plan, or an earlier job run again."""
+    return Job(
+        study_id=study_id,
+        task=Task(work.task),
+        rule=work.rule,
+        series_uids=list(work.series_uids),
+        save_inputs=work.save_inputs,
+        state=JobState.QUEUED,
+    )
 
 
 class JobQueue(Database):
@@ -153,14 +176,7 @@ class JobQueue(Database):
                 if job.state in (JobState.QUEUED, JobState.RUNNING):
                     continue
                 job.state = JobState.SUPERSEDED
-                new = Job(
-                    study_id=study.id,
-                    task=job.task,
-                    rule=job.rule,
-                    series_uids=list(job.series_uids),
-                    save_inputs=job.save_inputs,
-                    state=JobState.QUEUED,
-                )
+                new = queued_job(study.id, job)
                 s.add(new)
                 created.append(new)
             s.flush()

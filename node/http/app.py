@@ -2,8 +2,10 @@
 
 Routes only translate: each calls the index, the ingest path or a renderer and turns
 their errors into an HTTP status at this boundary, as the SCP turns them into DIMSE
-statuses. Patient attributes are returned by ``/api/studies`` only when a token is configured
-(every request then passed it); without one they are left out (null).
+statuses. The JSON routes declare their answers' models (:mod:`node.http.schemas`) as
+``response_model``, so ``/openapi.json`` documents them. Patient attributes are returned
+by ``/api/studies`` only when a token is configured (every request then passed it);
+without one they are left out (null).
 
 With a bearer token configured every route but ``/healthz`` asks for it (:class:`BearerAuth`,
 a FastAPI dependency): in the ``Authorization`` header, or as the cookie the worklist page
@@ -18,7 +20,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -31,10 +33,12 @@ from node import __version__
 from node.audit import AuditEvent, AuditLog
 from node.http.dicomweb import dicomweb_router
 from node.http.images import ImageUnavailable, ImageUnrenderable, JobImages
+from node.http.schemas import Health, PullAccepted, ReprocessAccepted, StudyItem
 from node.http.stow import receive_stow
 from node.http.worklist import (
     FILTER_STATES,
     ResultHeaders,
+    filter_state,
     list_studies,
     worklist_page_html,
 )
@@ -223,47 +227,57 @@ def create_app(
         auth.set_cookie(response)
         return response
 
-    @app.get("/healthz")
-    def healthz() -> JSONResponse:
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    def healthz(response: Response) -> Health:
         reachable = _database_reachable(view.index)
         workers = view.workers()
         healthy = reachable and workers.alive > 0
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "version": __version__,
-            "database_reachable": reachable,
-            "workers_configured": workers.configured,
-            "workers_alive": workers.alive,
-            "workers_ready": workers.ready,
-        }
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        response.status_code = 200 if healthy else 503
+        return Health(
+            status="ok" if healthy else "unavailable",
+            version=__version__,
+            database_reachable=reachable,
+            workers_configured=workers.configured,
+            workers_alive=workers.alive,
+            workers_ready=workers.ready,
+        )
 
     @api.get("/metrics")
     def metrics() -> Response:
         body, content_type = render_metrics(view.index)
         return Response(body, media_type=content_type)
 
-    @api.get("/api/studies")
+    @api.get("/api/studies", response_model=list[StudyItem])
     def studies(
+        # Checked here rather than typed as the enums, so that the 422 names the value.
         state: Annotated[
-            str | None, Query(description=f"one of: {', '.join(FILTER_STATES)}")
+            str | None,
+            Query(
+                description="a study state (studies in it) or a job state (studies with a "
+                "job in it)",
+                json_schema_extra={"enum": [str(state) for state in FILTER_STATES]},
+            ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
-        if state is not None and state not in FILTER_STATES:
-            raise HTTPException(422, f"state {state!r} is none of: {', '.join(FILTER_STATES)}")
+    ) -> list[StudyItem]:
+        try:
+            wanted = filter_state(state)
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
         # Patient data only behind a token: with one configured, this request passed it.
         return list_studies(
             view.index,
             results,
-            state=state,
+            state=wanted,
             limit=limit,
             show_patient=auth.required,
             viewer_url=viewer_url,
         )
 
-    @api.post("/api/studies/{study_uid}/reprocess", status_code=202)
-    def reprocess(study_uid: str, request: Request) -> dict[str, Any]:
+    @api.post(
+        "/api/studies/{study_uid}/reprocess", status_code=202, response_model=ReprocessAccepted
+    )
+    def reprocess(study_uid: str, request: Request) -> ReprocessAccepted:
         try:
             job_ids = view.index.reprocess(study_uid)
         except KeyError:
@@ -283,10 +297,10 @@ def create_app(
             via="http",
             peer_address=client,
         )
-        return {"study_instance_uid": study_uid, "jobs": job_ids}
+        return ReprocessAccepted(study_instance_uid=study_uid, jobs=job_ids)
 
-    @api.post("/api/studies/{study_uid}/process", status_code=202)
-    def process(study_uid: str, request: Request) -> dict[str, Any]:
+    @api.post("/api/studies/{study_uid}/process", status_code=202, response_model=PullAccepted)
+    def process(study_uid: str, request: Request) -> PullAccepted:
         """Fetch the study from the PACS, file it as received, and route it now."""
         if view.puller is None:
             raise HTTPException(
@@ -305,7 +319,7 @@ def create_app(
         except NothingFiled as e:
             log.warning("pull of study %s asked by %s: %s", study_uid, client, e)
             raise HTTPException(502, str(e)) from None
-        return outcome.as_json()
+        return PullAccepted.model_validate(outcome.as_json())
 
     @api.get("/api/jobs/{job_id}/image.png")
     def job_image(job_id: int) -> Response:

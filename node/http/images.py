@@ -13,14 +13,14 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 from PIL import Image
 from sqlalchemy.exc import NoResultFound
 
-from node.http.worklist import source_path
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import radiograph_to_image
-from node.results.boxes import SourceBox
+from node.pipeline.record import CxrRecord, read_record
 from node.results.sc import render_burned_in
 from node.store.index import Index
 
@@ -35,24 +35,6 @@ class ImageUnavailable(LookupError):
 
 class ImageUnrenderable(ValueError):
     """The job's source image exists but can't be turned into a picture."""
-
-
-def _boxes(job_id: int, raw: object) -> list[SourceBox]:
-    boxes: list[SourceBox] = []
-    for item in raw if isinstance(raw, list) else []:
-        try:
-            boxes.append(
-                SourceBox(
-                    label=str(item["label"]),
-                    top=float(item["top"]),
-                    left=float(item["left"]),
-                    bottom=float(item["bottom"]),
-                    right=float(item["right"]),
-                )
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            log.warning("job %d: box %r in the record not drawn: %s", job_id, item, e)
-    return boxes
 
 
 class JobImages:
@@ -87,11 +69,12 @@ class JobImages:
             job = self.index.job(job_id)
         except NoResultFound:
             raise ImageUnavailable(f"job {job_id} is not in the index") from None
-        record = dict(job.record or {})
-        image_uid = record.get("image")
-        if not isinstance(image_uid, str) or not image_uid:
+        record = read_record(job.task, job.record, job_id=job.id)
+        if not isinstance(record, CxrRecord) or not record.image:
             raise ImageUnavailable(f"job {job_id} ({job.task}, {job.state}) records no radiograph")
-        path = source_path(self.index, image_uid)
+        image_uid = record.image
+        stored = self.index.instance_path(image_uid)
+        path = Path(stored) if stored else None
         if path is None or not path.exists():
             raise ImageUnavailable(f"job {job_id}: source image {image_uid} is no longer stored")
         try:
@@ -108,10 +91,10 @@ class JobImages:
         )
         rendered = render_burned_in(
             picture,
-            _boxes(job_id, record.get("boxes")),
-            impression=str(record.get("impression") or ""),
-            model_label=str(record.get("model") or "unknown model"),
-            is_test_model=bool(record.get("test_model", False)),
+            record.boxes,
+            impression=record.impression or "",
+            model_label=record.model or "unknown model",
+            is_test_model=record.test_model,
         )
         rendered.thumbnail((self.max_side, self.max_side), Image.Resampling.LANCZOS)
         out = io.BytesIO()

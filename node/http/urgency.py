@@ -16,10 +16,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from pydantic import BaseModel
+
 from node.inference.prompts import VOLUME_DEFAULT_FINDING
+from node.pipeline.record import JobRecord
 from node.results.findings import named_findings
 
-__all__ = ["URGENT_FINDINGS", "URGENT_WHEN_LARGE", "VOLUME_YES", "urgent_findings"]
+__all__ = [
+    "URGENT_FINDINGS",
+    "URGENT_WHEN_LARGE",
+    "VOLUME_YES",
+    "StatedFindings",
+    "urgent_findings",
+]
 
 # Urgent whenever present (or possibly present).
 URGENT_FINDINGS: frozenset[str] = frozenset({"pneumothorax", "pulmonary edema", "mass"})
@@ -32,8 +41,23 @@ _PHRASE_BREAK = re.compile(r"[.;,\n]")
 # CT and MR jobs ask whether the volume shows VOLUME_DEFAULT_FINDING; a "yes" (the record's
 # ``verdict`` True) is urgent under this label.
 VOLUME_YES = VOLUME_DEFAULT_FINDING.removeprefix("any ")
-# Record keys holding the model's free text, where a task records it.
-_TEXT_KEYS = ("impression", "report")
+
+
+class StatedFindings(BaseModel):
+    """What a job record can state a critical finding in, under the record's own names
+    (:mod:`node.pipeline.record`); a task's record lacks what its task doesn't state."""
+
+    findings: list[str] = []  # labels
+    verdicts: list[str] = []  # a comparison's "finding: Verdict" lines
+    impression: str | None = None  # the model's free text
+    report: str | None = None
+    verdict: bool | None = None  # a volume's yes/no
+
+    def texts(self) -> Iterable[str]:
+        yield from self.findings
+        # "right pneumothorax: Worsened": the finding is the part before the verdict.
+        yield from (verdict.rsplit(":", 1)[0] for verdict in self.verdicts)
+        yield from (text for text in (self.impression, self.report) if text is not None)
 
 
 def _critical_in(text: str) -> list[str]:
@@ -47,30 +71,17 @@ def _critical_in(text: str) -> list[str]:
     return found
 
 
-def _texts(record: Mapping[str, object]) -> Iterable[str]:
-    findings = record.get("findings")
-    if isinstance(findings, list):
-        yield from (str(label) for label in findings)
-    verdicts = record.get("verdicts")
-    if isinstance(verdicts, list):
-        # "right pneumothorax: Worsened": the finding is the part before the verdict.
-        yield from (str(verdict).rsplit(":", 1)[0] for verdict in verdicts)
-    for key in _TEXT_KEYS:
-        value = record.get(key)
-        if isinstance(value, str):
-            yield value
-
-
-def urgent_findings(record: Mapping[str, object] | None) -> list[str]:
+def urgent_findings(record: JobRecord | Mapping[str, object] | None) -> list[str]:
     """The critical labels a job record states as present, each once, in order found.
 
     Read from the record's ``findings`` labels, the finding part of its comparison
     ``verdicts``, its ``impression`` / ``report`` text when the task recorded them, and a
-    volume task's yes/no ``verdict``.
+    volume task's yes/no ``verdict``: a task's record model, or a record as stored.
     """
-    if not record:
+    if record is None:
         return []
-    found: list[str] = [VOLUME_YES] if record.get("verdict") is True else []
-    for text in _texts(record):
+    stated = StatedFindings.model_validate(record, from_attributes=isinstance(record, JobRecord))
+    found: list[str] = [VOLUME_YES] if stated.verdict is True else []
+    for text in stated.texts():
         found += [label for label in _critical_in(text) if label not in found]
     return found

@@ -3,8 +3,10 @@
 Patient attributes (name, ID, birth date, sex) are served only when the caller says the
 request passed a configured bearer token (``show_patient``): a node without a token
 serves the same list with those keys null and ``patient_hidden`` true, so a patient's
-name never reaches someone who needed no credential to ask. Three queries per call
-(studies, series with instance counts, jobs), whatever the number of studies.
+name never reaches someone who needed no credential to ask. The index answers in three
+queries whatever the number of studies (:meth:`node.store.index.Index.recent_studies`);
+each job's record is read back into its task's model (:mod:`node.pipeline.record`), and
+the answer is made of the API's models (:mod:`node.http.schemas`).
 """
 
 from __future__ import annotations
@@ -13,26 +15,36 @@ import html
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from pathlib import Path
-from typing import Any
+from typing import TypeVar
 from urllib.parse import quote
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from pydicom.valuerep import DA, TM
-from sqlalchemy import exists, func, select
 
 from node.config import VIEWER_PLACEHOLDER
+from node.http.schemas import (
+    JobImage,
+    JobItem,
+    JobTimings,
+    ResultFile,
+    SeriesItem,
+    StudyItem,
+    UnreadableResult,
+)
 from node.http.urgency import urgent_findings
-from node.store.index import Index
-from node.store.models import Instance, Job, JobState, Series, Study, StudyState, utcnow
+from node.pipeline.record import CxrRecord, FindingsRecord, VolumeRecord, read_record
+from node.store.index import Index, StudyOverview
+from node.store.models import Job, JobState, Study, StudyState, utcnow
 
 log = logging.getLogger(__name__)
+
+_V = TypeVar("_V")  # a parsed DICOM value
 
 __all__ = [
     "FILTER_STATES",
@@ -40,16 +52,16 @@ __all__ = [
     "ResultHeaders",
     "dicom_date",
     "dicom_time",
+    "filter_state",
     "list_studies",
     "readable_name",
-    "source_path",
     "viewer_link",
     "worklist_page_html",
 ]
 
 # What ?state= takes: a study state (the study is in it) or a job state (a job of the
 # study is in it).
-FILTER_STATES: tuple[str, ...] = (*StudyState, *JobState)
+FILTER_STATES: tuple[StudyState | JobState, ...] = (*StudyState, *JobState)
 
 # The keys that hold patient data; null unless the request passed a configured token.
 PATIENT_KEYS: tuple[str, ...] = (
@@ -96,13 +108,13 @@ class ResultInfo:
     sop_class_uid: str
     modality: str | None
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "sop_instance_uid": self.sop_instance_uid,
-            "sop_class_uid": self.sop_class_uid,
-            "sop_class": UID(self.sop_class_uid).name,
-            "modality": self.modality,
-        }
+    def as_item(self) -> ResultFile:
+        return ResultFile(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            sop_class=UID(self.sop_class_uid).name,
+            modality=self.modality,
+        )
 
 
 class ResultHeaders:
@@ -156,24 +168,24 @@ def readable_name(person_name: str | None) -> str | None:
 
 def dicom_date(value: str | None) -> str | None:
     """A DA value as YYYY-MM-DD; one that isn't a date comes back as sent (shown, not lost)."""
-    if not value:
-        return None
-    try:
-        parsed = DA(value)
-    except ValueError:
-        return value
-    return parsed.isoformat() if parsed is not None else None
+    return _rewritten(value, DA, lambda parsed: parsed.isoformat())
 
 
 def dicom_time(value: str | None) -> str | None:
     """A TM value as HH:MM:SS; one that isn't a time comes back as sent."""
+    return _rewritten(value, TM, lambda parsed: parsed.isoformat(timespec="seconds"))
+
+
+def _rewritten(
+    value: str | None, parse: Callable[[str], _V | None], render: Callable[[_V], str]
+) -> str | None:
     if not value:
         return None
     try:
-        parsed = TM(value)
+        parsed = parse(value)
     except ValueError:
         return value
-    return parsed.isoformat(timespec="seconds") if parsed is not None else None
+    return render(parsed) if parsed is not None else None
 
 
 def viewer_link(template: str | None, study_uid: str) -> str | None:
@@ -195,174 +207,143 @@ def worklist_page_html() -> str:
     return page.replace(_STATE_OPTIONS_MARK, options)
 
 
-def _patient_json(study: Study, shown: bool) -> dict[str, Any]:
-    if not shown:
-        return {**dict.fromkeys(PATIENT_KEYS), "patient_hidden": True}
-    return {
-        "patient_name": readable_name(study.patient_name),
-        "patient_id": study.patient_id,
-        "patient_birth_date": dicom_date(study.patient_birth_date),
-        "patient_sex": study.patient_sex,
-        "patient_hidden": False,
-    }
+def filter_state(value: str | None) -> StudyState | JobState | None:
+    """What ``?state=`` names; ValueError naming it and every state it may be."""
+    if value is None:
+        return None
+    for states in (StudyState, JobState):
+        if value in tuple(states):
+            return states(value)
+    raise ValueError(f"state {value!r} is none of: {', '.join(FILTER_STATES)}")
 
 
-def _strings(value: object) -> list[str]:
-    return [str(item) for item in value] if isinstance(value, list) else []
-
-
-def _job_json(job: Job, study: Study, results: ResultHeaders) -> dict[str, Any]:
-    record: dict[str, object] = dict(job.record or {})
-    urgent = urgent_findings(record) if job.state != JobState.SUPERSEDED else []
-    image_uid = record.get("image")
-    result_items = []
+def _job_item(job: Job, study: Study, results: ResultHeaders) -> JobItem:
+    record = read_record(job.task, job.record, job_id=job.id)
+    cxr = record if isinstance(record, CxrRecord) else None
+    # What a reader scans first: the impression, or the whole report when it has none.
+    impression = cxr.impression if cxr and cxr.impression is not None else None
+    if cxr and impression is None:
+        impression = cxr.report
+    result_items: list[ResultFile | UnreadableResult] = []
     for path in job.result_paths or []:
         info = results.info(path)
-        result_items.append(
-            info.as_json() if info else {"sop_instance_uid": None, "error": "unreadable"}
-        )
-    impression = next(
-        (record[key] for key in ("impression", "report") if isinstance(record.get(key), str)),
-        None,
-    )
-    return {
-        "id": job.id,
-        "task": job.task,
-        "rule": job.rule,
-        "state": job.state,
-        "attempts": job.attempts,
-        "error": job.error,
-        "series": list(job.series_uids),
-        "timings": {
-            "received_first": _iso(study.first_received),
-            "received_last": _iso(study.last_received),
-            "created": _iso(job.created_at),
-            "started": _iso(job.started_at),
-            "finished": _iso(job.finished_at),
-            # The last attempt's run time; still counting while the job runs.
-            "seconds": _seconds(job.started_at, job.finished_at)
+        result_items.append(info.as_item() if info else UnreadableResult(error="unreadable"))
+    urgent = urgent_findings(record) if job.state != JobState.SUPERSEDED else []
+    return JobItem(
+        id=job.id,
+        task=job.task,
+        state=job.state,
+        rule=job.rule,
+        series=list(job.series_uids),
+        attempts=job.attempts,
+        error=job.error,
+        timings=JobTimings(
+            received_first=_iso(study.first_received),
+            received_last=_iso(study.last_received),
+            created=_iso(job.created_at),
+            started=_iso(job.started_at),
+            finished=_iso(job.finished_at),
+            seconds=_seconds(job.started_at, job.finished_at)
             if job.state != JobState.QUEUED
             else None,
-        },
-        "model": record.get("model"),
-        "test_model": bool(record.get("test_model", False)),
-        "findings": _strings(record.get("findings")),
-        "verdicts": _strings(record.get("verdicts")),
-        # CT/MR: the model's yes/no to "any acute abnormality?"; None for other tasks.
-        "volume_answer": record.get("verdict") if isinstance(record.get("verdict"), bool) else None,
-        "impression": impression,
-        "boxes": record.get("boxes") if isinstance(record.get("boxes"), list) else [],
-        "urgent": bool(urgent),
-        "urgent_findings": urgent,
-        "image": (
-            {"sop_instance_uid": str(image_uid), "url": f"/api/jobs/{job.id}/image.png"}
-            if isinstance(image_uid, str) and image_uid
+        ),
+        model=record.model,
+        test_model=record.test_model,
+        findings=record.findings if isinstance(record, FindingsRecord) else [],
+        verdicts=cxr.verdicts if cxr else [],
+        volume_answer=record.verdict if isinstance(record, VolumeRecord) else None,
+        impression=impression,
+        boxes=cxr.boxes if cxr else [],
+        urgent=bool(urgent),
+        urgent_findings=urgent,
+        image=(
+            JobImage(sop_instance_uid=cxr.image, url=f"/api/jobs/{job.id}/image.png")
+            if cxr and cxr.image
             else None
         ),
-        "delivered": job.delivered,
-        "delivered_to": list(job.delivered_to or []),
-        "results": result_items,
-    }
+        delivered=job.delivered,
+        delivered_to=list(job.delivered_to or []),
+        results=result_items,
+    )
 
 
-def _shown_state(study: Study, jobs: Sequence[Job]) -> str:
+def _shown_state(study: Study, jobs: Sequence[Job]) -> StudyState | JobState:
     if study.state != StudyState.ROUTED:
-        return str(study.state)
+        return study.state
     current = {job.state for job in jobs if job.state != JobState.SUPERSEDED}
     for state in _SHOWN_ORDER:
         if state in current:
-            return str(state)
-    return str(study.state)
+            return state
+    return study.state
+
+
+def _study_item(
+    overview: StudyOverview, results: ResultHeaders, *, show_patient: bool, viewer_url: str | None
+) -> StudyItem:
+    study = overview.study
+    jobs = [_job_item(job, study, results) for job in overview.jobs]
+    current = [job for job in jobs if job.state != JobState.SUPERSEDED]
+    urgent = list(dict.fromkeys(f for job in current for f in job.urgent_findings))
+    with_image = [job.image for job in current if job.image]
+    modalities = [series.modality for series, _ in overview.series if series.modality]
+    shown = show_patient  # only for a request that passed a configured token
+    return StudyItem(
+        study_instance_uid=study.study_uid,
+        accession_number=study.accession_number,
+        patient_name=readable_name(study.patient_name) if shown else None,
+        patient_id=study.patient_id if shown else None,
+        patient_birth_date=dicom_date(study.patient_birth_date) if shown else None,
+        patient_sex=study.patient_sex if shown else None,
+        patient_hidden=not shown,
+        study_date=dicom_date(study.study_date),
+        study_time=dicom_time(study.study_time),
+        study_description=study.study_description,
+        # ModalitiesInStudy: each once, in the order the series arrived.
+        modalities=list(dict.fromkeys(modalities)),
+        viewer_url=viewer_link(viewer_url, study.study_uid),
+        state=_shown_state(study, overview.jobs),
+        note=study.note,
+        received_first=_iso(study.first_received),
+        received_last=_iso(study.last_received),
+        expected_instances=study.expected_instances,
+        instances=sum(count for _, count in overview.series),
+        series=[
+            SeriesItem(
+                series_instance_uid=series.series_uid,
+                modality=series.modality,
+                body_part=series.body_part,
+                instances=count,
+                sender=series.calling_ae,
+            )
+            for series, count in overview.series
+        ],
+        urgent=bool(urgent),
+        urgent_findings=urgent,
+        findings=list(dict.fromkeys(f for job in current for f in job.findings)),
+        test_model=any(job.test_model for job in current),
+        image_url=with_image[-1].url if with_image else None,
+        jobs=jobs,
+    )
 
 
 def list_studies(
     index: Index,
     results: ResultHeaders,
     *,
-    state: str | None = None,
+    state: StudyState | JobState | None = None,
     limit: int = 100,
     show_patient: bool = False,
     viewer_url: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[StudyItem]:
     """Studies, most recently received first, as the worklist page and ``/api/studies`` show them.
 
     ``state``: a study state (receiving, routed, skipped): studies in it; or a job state
-    (queued, running, done, failed, undelivered, superseded): studies with a job in it.
-    ``show_patient``: fill :data:`PATIENT_KEYS` (only for a request that passed a
-    configured token); otherwise they are null. ``viewer_url``: ``node.viewer_url``.
+    (queued, running, done, failed, undelivered, superseded): studies with a job in it
+    (:func:`filter_state` reads it from the query). ``show_patient``: fill
+    :data:`PATIENT_KEYS` (only for a request that passed a configured token); otherwise
+    they are null. ``viewer_url``: ``node.viewer_url``.
     """
-    query = select(Study).order_by(Study.last_received.desc(), Study.id.desc()).limit(limit)
-    if state in tuple(StudyState):
-        query = query.where(Study.state == state)
-    elif state is not None:
-        if state not in tuple(JobState):
-            raise ValueError(f"state {state!r} is none of {', '.join(FILTER_STATES)}")
-        query = query.where(exists().where(Job.study_id == Study.id, Job.state == state))
-    with index.session() as s:
-        studies = list(s.scalars(query))
-        ids = [study.id for study in studies]
-        series_rows = s.execute(
-            select(Series, func.count(Instance.id))
-            .outerjoin(Instance, Instance.series_id == Series.id)
-            .where(Series.study_id.in_(ids))
-            .group_by(Series.id)
-            .order_by(Series.id)
-        ).all()
-        jobs = list(s.scalars(select(Job).where(Job.study_id.in_(ids)).order_by(Job.id)))
-    series_of: dict[int, list[tuple[Series, int]]] = {i: [] for i in ids}
-    for series, count in series_rows:
-        series_of[series.study_id].append((series, int(count)))
-    jobs_of: dict[int, list[Job]] = {i: [] for i in ids}
-    for job in jobs:
-        jobs_of[job.study_id].append(job)
-
-    listed = []
-    for study in studies:
-        job_items = [_job_json(job, study, results) for job in jobs_of[study.id]]
-        current = [item for item in job_items if item["state"] != JobState.SUPERSEDED]
-        urgent = list(dict.fromkeys(f for item in current for f in item["urgent_findings"]))
-        with_image = [item for item in current if item["image"]]
-        modalities = [series.modality for series, _ in series_of[study.id] if series.modality]
-        listed.append(
-            {
-                "study_instance_uid": study.study_uid,
-                "accession_number": study.accession_number,
-                **_patient_json(study, show_patient),
-                "study_date": dicom_date(study.study_date),
-                "study_time": dicom_time(study.study_time),
-                "study_description": study.study_description,
-                # ModalitiesInStudy: each once, in the order the series arrived.
-                "modalities": list(dict.fromkeys(modalities)),
-                "viewer_url": viewer_link(viewer_url, study.study_uid),
-                "state": _shown_state(study, jobs_of[study.id]),
-                "note": study.note,
-                "received_first": _iso(study.first_received),
-                "received_last": _iso(study.last_received),
-                "expected_instances": study.expected_instances,
-                "instances": sum(count for _, count in series_of[study.id]),
-                "series": [
-                    {
-                        "series_instance_uid": series.series_uid,
-                        "modality": series.modality,
-                        "body_part": series.body_part,
-                        "instances": count,
-                        "sender": series.calling_ae,
-                    }
-                    for series, count in series_of[study.id]
-                ],
-                "urgent": bool(urgent),
-                "urgent_findings": urgent,
-                "findings": list(dict.fromkeys(f for item in current for f in item["findings"])),
-                "test_model": any(item["test_model"] for item in current),
-                "image_url": with_image[-1]["image"]["url"] if with_image else None,
-                "jobs": job_items,
-            }
-        )
-    return listed
-
-
-def source_path(index: Index, sop_instance_uid: str) -> Path | None:
-    """Where the index keeps an instance's file; None when it doesn't know the instance."""
-    with index.session() as s:
-        path = s.scalar(select(Instance.path).where(Instance.sop_uid == sop_instance_uid))
-    return Path(path) if path else None
+    return [
+        _study_item(overview, results, show_patient=show_patient, viewer_url=viewer_url)
+        for overview in index.recent_studies(state=state, limit=limit)
+    ]

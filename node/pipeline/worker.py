@@ -264,26 +264,24 @@ class Worker:
             for uid, files in self.index.instance_paths(job.series_uids).items()
         }
         save_inputs = self.inputs_root / f"job-{job.id}" if job.save_inputs else None
-        task = Task(job.task)
         task_input = TaskInput(
-            task,
+            job.task,
             series,
             save_inputs,
             self.settings.model.max_new_tokens,
             self.settings.imaging,
-            self._prior_lookup(task),
+            self._prior_lookup(job.task),
             self.settings.localization,
             self._outputs_wanted(),
             tuple(Path(p) for p in self.index.earlier_results(job)),
         )
         outcome = run_task(task_input, self.engine)
         paths = save_results(outcome.results, self.results_root / f"job-{job.id}")
-        record = {
-            **outcome.record,
-            "model": self.engine.label,
-            "test_model": self.engine.is_test_model,
-        }
-        if not self.index.update_job(job.id, self.id, result_paths=paths, record=record):
+        record = outcome.record
+        record.model, record.test_model = self.engine.label, self.engine.is_test_model
+        # Stored as JSON; node.pipeline.record.read_record reads it back into the same model.
+        stored = record.model_dump(mode="json")
+        if not self.index.update_job(job.id, self.id, result_paths=paths, record=stored):
             raise RuntimeError(f"lost the lease on job {job.id} while it ran")
         self.index.file_results(
             job.id,

@@ -1,40 +1,33 @@
-"""The index: filing instances, finding stable studies, a job queue safe across processes.
+"""The index: filing instances, finding stable studies, the studies the worklist shows.
 
-Jobs are claimed with a conditional UPDATE (and ``FOR UPDATE SKIP LOCKED`` where the
-database has it), so several node processes on one PostgreSQL never run a job twice.
-A running job holds a lease; a crashed worker's lease expires and the job is queued again.
+:class:`Index` is the one object the node's parts ask: it adds filing and studies to the
+job queue (:mod:`node.store.jobs`) over the database (:mod:`node.store.database`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Engine,
     bindparam,
     case,
-    create_engine,
-    event,
+    exists,
     func,
-    make_url,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
-from node.store import schema
+from node.store.database import make_engine
+from node.store.jobs import JobQueue, PlannedJob, queued_job
 from node.store.meta import InstanceMeta
 from node.store.models import (
     Base,
@@ -50,6 +43,7 @@ from node.store.models import (
 
 log = logging.getLogger(__name__)
 
+__all__ = ["REOPENED_NOTE", "Filed", "Index", "PlannedJob", "StudyOverview", "make_engine"]
 
 REOPENED_NOTE = "re-opened by instances that arrived after routing"
 
@@ -60,68 +54,20 @@ class Filed(StrEnum):
 
 
 @dataclass(frozen=True)
-class PlannedJob:
-    task: str
-    rule: str
-    series_uids: list[str]
-    save_inputs: bool = False
+class StudyOverview:
+    """A study as the worklist lists it: its series with their instance counts, its jobs."""
+
+    study: Study
+    series: list[tuple[Series, int]]  # in the order they arrived
+    jobs: list[Job]  # oldest first, superseded ones included
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL + NORMAL: a committed row survives a killed process; the spool is reconciled
-    # into the index at start-up, so a power loss can't lose an acknowledged instance either.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-class Index:
+class Index(JobQueue):
     def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        self.is_sqlite = self.engine.dialect.name == "sqlite"
-        schema.upgrade(self.engine)  # a no-op once the database is at this release's schema
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time anyway; serialising writers in-process avoids
-        # busy-waiting between the SCP's association threads.
-        self._write_lock = threading.Lock() if self.is_sqlite else None
+        super().__init__(url)
         self._study_ids: dict[str, int] = {}
         self._series_ids: dict[str, int] = {}
         self._prepare_statements()
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions() as session:
-            yield session
-
-    @contextmanager
-    def _write_guard(self) -> Iterator[None]:
-        if self._write_lock is None:
-            yield
-            return
-        with self._write_lock:
-            yield
-
-    @contextmanager
-    def writing(self) -> Iterator[Session]:
-        with self._write_guard(), self._sessions.begin() as session:
-            yield session
-
-    def close(self) -> None:
-        self.engine.dispose()
 
     # -- filing -------------------------------------------------------------------------
 
@@ -328,182 +274,50 @@ class Index:
                 .where(Job.study_id == study_id, Job.state.in_([JobState.QUEUED, JobState.FAILED]))
                 .values(state=JobState.SUPERSEDED, finished_at=utcnow())
             )
-            for job in planned:
-                s.add(
-                    Job(
-                        study_id=study_id,
-                        task=job.task,
-                        rule=job.rule,
-                        series_uids=list(job.series_uids),
-                        save_inputs=job.save_inputs,
-                        state=JobState.QUEUED,
-                    )
-                )
+            s.add_all(queued_job(study_id, job) for job in planned)
             study.state = StudyState.ROUTED if planned else StudyState.SKIPPED
             study.note = None if planned else "no routing rule matched any series"
             return True
-
-    # -- jobs ---------------------------------------------------------------------------
-
-    def claim_job(self, worker: str, lease: timedelta) -> Job | None:
-        """Take the oldest queued job for ``worker``, or None when there is none."""
-        with self.writing() as s:
-            now = utcnow()
-            query = (
-                select(Job.id)
-                .where(
-                    Job.state == JobState.QUEUED,
-                    (Job.retry_at.is_(None)) | (Job.retry_at <= now),
-                )
-                .order_by(Job.id)
-                .limit(1)
-            )
-            if not self.is_sqlite:
-                query = query.with_for_update(skip_locked=True)
-            job_id = s.scalar(query)
-            if job_id is None:
-                return None
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.QUEUED)
-                .values(
-                    state=JobState.RUNNING,
-                    worker=worker,
-                    attempts=Job.attempts + 1,
-                    started_at=now,
-                    lease_until=now + lease,
-                )
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None
-        return self.job(job_id)
-
-    def job(self, job_id: int) -> Job:
-        with self.session() as s:
-            return s.get_one(Job, job_id)
-
-    def jobs(self, study_uid: str | None = None) -> list[Job]:
-        with self.session() as s:
-            query = select(Job).order_by(Job.id)
-            if study_uid is not None:
-                query = query.join(Study).where(Study.study_uid == study_uid)
-            return list(s.scalars(query))
 
     def study(self, study_id: int) -> Study:
         with self.session() as s:
             return s.get_one(Study, study_id)
 
-    def renew_lease(self, job_id: int, worker: str, lease: timedelta) -> None:
-        with self.writing() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
-                .values(lease_until=utcnow() + lease)
-            )
+    # -- the worklist -------------------------------------------------------------------
 
-    def update_job(self, job_id: int, worker: str, **values: Any) -> bool:
-        """Write ``values`` on a job this worker still holds; False if it lost the lease."""
-        with self.writing() as s:
-            result = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
-                .values(**values)
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    def recent_studies(
+        self, *, state: StudyState | JobState | None = None, limit: int = 100
+    ) -> list[StudyOverview]:
+        """Studies, most recently received first, with their series and jobs: three
+        queries (studies, series with instance counts, jobs) whatever their number.
 
-    def requeue_expired(self, max_attempts: int) -> int:
-        """Jobs whose worker died: queue them again, or fail them after ``max_attempts``."""
-        now = utcnow()
-        with self.writing() as s:
-            expired = list(
-                s.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.lease_until < now))
-            )
-            for job in expired:
-                if job.attempts >= max_attempts:
-                    job.state = JobState.FAILED
-                    job.error = f"worker {job.worker} stopped {job.attempts} times; gave up"
-                    job.finished_at = now
-                else:
-                    job.state = JobState.QUEUED
-                    job.error = f"worker {job.worker} stopped during attempt {job.attempts}"
-            return len(expired)
-
-    def earlier_results(self, job: Job) -> list[str]:
-        """Result files of the latest earlier job of ``job``'s study and task that made any.
-
-        A reprocessed study's new report names these as its predecessor.
+        ``state``: a study state (studies in it) or a job state (studies with a job in it).
         """
+        query = select(Study).order_by(Study.last_received.desc(), Study.id.desc()).limit(limit)
+        if isinstance(state, StudyState):
+            query = query.where(Study.state == state)
+        elif state is not None:
+            query = query.where(exists().where(Job.study_id == Study.id, Job.state == state))
         with self.session() as s:
-            earlier = s.scalars(
-                select(Job)
-                .where(Job.study_id == job.study_id, Job.task == job.task, Job.id < job.id)
-                .order_by(Job.id.desc())
-            )
-            for candidate in earlier:
-                if candidate.result_paths:
-                    return list(candidate.result_paths)
-        return []
+            studies = list(s.scalars(query))
+            ids = [study.id for study in studies]
+            series_rows = s.execute(
+                select(Series, func.count(Instance.id))
+                .outerjoin(Instance, Instance.series_id == Series.id)
+                .where(Series.study_id.in_(ids))
+                .group_by(Series.id)
+                .order_by(Series.id)
+            ).all()
+            jobs = list(s.scalars(select(Job).where(Job.study_id.in_(ids)).order_by(Job.id)))
+        series_of: dict[int, list[tuple[Series, int]]] = {i: [] for i in ids}
+        for series, count in series_rows:
+            series_of[series.study_id].append((series, int(count)))
+        jobs_of: dict[int, list[Job]] = {i: [] for i in ids}
+        for job in jobs:
+            jobs_of[job.study_id].append(job)
+        return [StudyOverview(study, series_of[study.id], jobs_of[study.id]) for study in studies]
 
-    def retry_jobs(self, job_ids: Sequence[int] | None = None) -> list[int]:
-        """Queue dead-lettered (undelivered) and failed jobs again; None: every one of them.
-
-        An undelivered job keeps its results and only re-sends them; a failed one runs again.
-        """
-        with self.writing() as s:
-            query = select(Job).where(Job.state.in_([JobState.UNDELIVERED, JobState.FAILED]))
-            if job_ids is not None:
-                query = query.where(Job.id.in_(list(job_ids)))
-            jobs = list(s.scalars(query))
-            for job in jobs:
-                if not job.result_paths:
-                    job.attempts = 0
-                job.state = JobState.QUEUED
-                job.delivery_attempts = 0
-                job.retry_at = None
-                job.finished_at = None
-                job.error = f"re-queued by hand; last error: {job.error}"
-            return sorted(job.id for job in jobs)
-
-    def reprocess(self, study_uid: str) -> list[int]:
-        """New jobs for the study's latest work per rule; the finished ones they replace are
-        marked superseded. Jobs still queued or running are left to finish."""
-        with self.writing() as s:
-            study = s.scalar(select(Study).where(Study.study_uid == study_uid))
-            if study is None:
-                raise KeyError(f"study {study_uid} is not in the index")
-            latest: dict[tuple[str, str], Job] = {}
-            for job in s.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)):
-                latest[(job.task, job.rule)] = job
-            created = []
-            for job in latest.values():
-                if job.state in (JobState.QUEUED, JobState.RUNNING):
-                    continue
-                job.state = JobState.SUPERSEDED
-                new = Job(
-                    study_id=study.id,
-                    task=job.task,
-                    rule=job.rule,
-                    series_uids=list(job.series_uids),
-                    save_inputs=job.save_inputs,
-                    state=JobState.QUEUED,
-                )
-                s.add(new)
-                created.append(new)
-            s.flush()
-            return [job.id for job in created]
-
-    def running_workers(self) -> set[str]:
+    def instance_path(self, sop_uid: str) -> str | None:
+        """Where the instance a sender delivered is stored; None when the index lacks it."""
         with self.session() as s:
-            return set(s.scalars(select(Job.worker).where(Job.state == JobState.RUNNING)))
-
-    def release_jobs_of(self, workers: Sequence[str]) -> int:
-        """Jobs held by workers known to be dead go straight back to the queue."""
-        if not workers:
-            return 0
-        with self.writing() as s:
-            result = s.execute(
-                update(Job)
-                .where(Job.state == JobState.RUNNING, Job.worker.in_(list(workers)))
-                .values(state=JobState.QUEUED, error="the node restarted during the job")
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return s.scalar(select(Instance.path).where(Instance.sop_uid == sop_uid))

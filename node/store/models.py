@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from node.config import Task
 
 
 def utcnow() -> datetime:
@@ -27,6 +29,19 @@ class JobState(StrEnum):
     # Dead letter: results saved, but a destination refused them delivery.max_attempts times.
     UNDELIVERED = "undelivered"
     SUPERSEDED = "superseded"  # late instances re-opened the study; a newer job replaces it
+
+
+def _values_of(enum: type[StrEnum], length: int) -> Enum:
+    """A column that reads and writes ``enum`` members but stores their values in a
+    VARCHAR(length), exactly as the plain string column before it (no migration, no CHECK
+    constraint); a value no member has fails on reading, naming it."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 class Base(DeclarativeBase):
@@ -50,7 +65,9 @@ class Study(Base):
     study_description: Mapped[str | None] = mapped_column(Text)
     referring_physician: Mapped[str | None] = mapped_column(Text)
     dicom_study_id: Mapped[str | None] = mapped_column(Text)  # StudyID (0020,0010)
-    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
+    state: Mapped[StudyState] = mapped_column(
+        _values_of(StudyState, 16), default=StudyState.RECEIVING, index=True
+    )
     first_received: Mapped[datetime] = mapped_column(default=utcnow)
     last_received: Mapped[datetime] = mapped_column(default=utcnow)
     # Instances the PACS says the study has (C-FIND NumberOfStudyRelatedInstances); None: unknown.
@@ -104,11 +121,13 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    task: Mapped[str] = mapped_column(String(32))
+    task: Mapped[Task] = mapped_column(_values_of(Task, 32))
     rule: Mapped[str] = mapped_column(String(128))
     series_uids: Mapped[list[str]] = mapped_column(JSON)
     save_inputs: Mapped[bool] = mapped_column(default=False)
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    state: Mapped[JobState] = mapped_column(
+        _values_of(JobState, 16), default=JobState.QUEUED, index=True
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[datetime | None] = mapped_column()
@@ -123,6 +142,7 @@ class Job(Base):
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
     # What the pipeline wants a reader to know: dropped slices, context used, model label.
+    # The task's model in node.pipeline.record, as JSON; read_record reads it back.
     record: Mapped[dict[str, object] | None] = mapped_column(JSON)
 
     study: Mapped[Study] = relationship(back_populates="jobs")

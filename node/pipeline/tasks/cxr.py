@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from pydicom import Dataset
 
 from node.config import Output, Task
@@ -24,6 +22,7 @@ from node.inference.prompts import (
     longitudinal_verdict_prompt,
 )
 from node.inference.request import Engine
+from node.pipeline.record import CxrRecord, PriorFields
 from node.pipeline.tasks.common import generate, measurement_report, read_instance, result_author
 from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.boxes import map_boxes
@@ -83,15 +82,8 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         "source_size": [radiograph.source_rows, radiograph.source_columns],
         **context_record(context),
     }
-    record: dict[str, object] = {
-        "image": str(ds.SOPInstanceUID),
-        "view": str(ds.get("ViewPosition", "")),
-        "voi": radiograph.voi,
-        "window": radiograph.window,
-        **context_record(context),
-        **(prior.record if prior is not None else {}),
-    }
     verdicts: list[str] = []
+    prior_report: str | None = None
     prior_sources: list[Dataset] = []
     task = job.task.value
     if prior is None or prior.image is None or prior_radiograph is None:
@@ -102,7 +94,6 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         sections = report_sections(report)
         narrative = sections.get("FINDINGS") or report
         impression = sections.get("IMPRESSION")
-        record["comparison"] = False
     else:
         prior_report = "\n".join(prior.reports) or None
         meta["prior_image"] = str(prior.image.SOPInstanceUID)
@@ -114,15 +105,22 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         narrative, impression, report = summary, None, summary
         prior_sources = [prior.image]
         task = Task.CXR_LONGITUDINAL.value
-        record.update(
-            comparison=True, verdicts=verdicts, prior_report_used=prior_report is not None
-        )
     findings, localization_notes = _localize(job, engine, radiograph, report)
     boxes = [f.box for f in findings if f.box is not None]
-    record.update(
+    record = CxrRecord(
+        image=str(ds.SOPInstanceUID),
+        view=str(ds.get("ViewPosition", "")),
+        voi=radiograph.voi,
+        window=radiograph.window,
+        context=context_text,
+        context_sources=list(context.sources) if context else [],
+        **(PriorFields.model_validate(prior.record).model_dump() if prior is not None else {}),
+        comparison=bool(prior_sources),
+        verdicts=verdicts,
+        prior_report_used=prior_report is not None,
         notes=notes + list(radiograph.notes) + localization_notes,
         findings=[f.label for f in findings],
-        boxes=[asdict(box) for box in boxes],
+        boxes=boxes,
         # For the worklist: what a reader scans first.
         impression=impression,
         report=report,

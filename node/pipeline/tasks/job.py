@@ -12,6 +12,7 @@ from pydicom import Dataset
 from node.config import ImagingSettings, LocalizationSettings, Output, Task
 from node.imaging.errors import ImagingError
 from node.inference.prompts import DEFAULT_MAX_NEW_TOKENS
+from node.pipeline.record import JobRecord
 from node.priors.lookup import PriorLookup
 
 
@@ -22,7 +23,7 @@ class InputError(ValueError):
 @dataclass
 class TaskOutcome:
     results: list[Dataset]
-    record: dict[str, object] = field(default_factory=dict)
+    record: JobRecord  # the task's own model (node.pipeline.record)
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from node.imaging.document import document_to_pages
 from node.inference.answers import AnswerError, parse_lab_results
 from node.inference.prompts import lab_report_prompt
 from node.inference.request import Engine
+from node.pipeline.record import LabRecord
 from node.pipeline.tasks.common import ask, headers_named, measurement_report, readable_headers
 from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome, study_input
 from node.results.labs import lab_number
@@ -43,13 +42,13 @@ def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         lab_items=results,
     )
     uncoded = [r for r in results if lab_number(r) is None]
-    record: dict[str, object] = {
-        "pages": len(document.pages),
-        "lab_results": [asdict(result) for result in results],
-        "notes": document.notes
+    record = LabRecord(
+        pages=len(document.pages),
+        lab_results=results,
+        notes=document.notes
         + [
             f"lab test {r.name!r}: result {r.result!r} is not a number, kept as text only"
             for r in uncoded
         ],
-    }
+    )
     return TaskOutcome(results=[sr], record=record)

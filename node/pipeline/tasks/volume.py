@@ -12,6 +12,7 @@ from node.imaging.volume import VolumeInput, series_to_volume_input
 from node.inference.answers import strip_thinking, yes_no
 from node.inference.prompts import VOLUME_DEFAULT_FINDING, volume_prompt
 from node.inference.request import Engine
+from node.pipeline.record import VolumeRecord
 from node.pipeline.tasks.common import ask, headers_named, measurement_report, readable_headers
 from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.slices import volume_findings
@@ -81,16 +82,19 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
             conclusion=_volume_conclusion(verdict, modality),
             context_used=context.text if context else None,
         )
-        record: dict[str, object] = {
-            "series": series_uid,
-            "slices_sent": len(volume.images),
-            "verdict": verdict,
-            "findings": [f.label for f in named.findings],
-            "cited_slices": named.cited,
-            "notes": list(volume.notes) + errors + named.notes + _resampled_note(volume),
-            "other_series": [uid for uid, _ in ranked if uid != series_uid],
-            **sent,
-        }
+        # ``sent`` is checked against the model's fields as the record is made.
+        record = VolumeRecord.model_validate(
+            {
+                "series": series_uid,
+                "slices_sent": len(volume.images),
+                "verdict": verdict,
+                "findings": [f.label for f in named.findings],
+                "cited_slices": named.cited,
+                "notes": list(volume.notes) + errors + named.notes + _resampled_note(volume),
+                "other_series": [uid for uid, _ in ranked if uid != series_uid],
+                **sent,
+            }
+        )
         return TaskOutcome(results=[sr], record=record)
     raise InputError("no series could be assembled into a volume: " + "; ".join(errors))
 

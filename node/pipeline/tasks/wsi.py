@@ -7,6 +7,7 @@ from node.imaging.wsi import wsi_to_patches
 from node.inference.answers import AnswerError, parse_wsi_description
 from node.inference.prompts import WSI_UNKNOWN, wsi_prompt
 from node.inference.request import Engine
+from node.pipeline.record import WsiRecord
 from node.pipeline.tasks.common import ask, measurement_report, readable_headers
 from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome, study_input
 
@@ -43,18 +44,18 @@ def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
         raise InputError(f"{engine.label} gave no usable description: {e}") from e
     level = slide.level_instances
     sr = measurement_report(job, engine, level, [], narrative=description)
-    record: dict[str, object] = {
-        "series": slide.series_uid,
-        "patches_sent": len(slide.patches),
-        "level_index": slide.level_index,
-        "level_instances": [str(h.SOPInstanceUID) for h in level],
-        "magnification": slide.magnification,
-        "sample_seed": slide.seed,
+    record = WsiRecord(
+        series=slide.series_uid,
+        patches_sent=len(slide.patches),
+        level_index=slide.level_index,
+        level_instances=[str(h.SOPInstanceUID) for h in level],
+        magnification=slide.magnification,
+        sample_seed=slide.seed,
         # What the prompt's "{tissue}, {procedure}:" line said, and where it came from.
-        "tissue": tissue.text or WSI_UNKNOWN,
-        "tissue_source": tissue.source,
-        "procedure": procedure.text or WSI_UNKNOWN,
-        "procedure_source": procedure.source,
-        "notes": slide.notes,
-    }
+        tissue=tissue.text or WSI_UNKNOWN,
+        tissue_source=tissue.source,
+        procedure=procedure.text or WSI_UNKNOWN,
+        procedure_source=procedure.source,
+        notes=slide.notes,
+    )
     return TaskOutcome(results=[sr], record=record)

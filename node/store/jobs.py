@@ -1,0 +1,199 @@
+"""The job queue, safe across processes: claim, lease, finish, retry, reprocess.
+
+Jobs are claimed with a conditional UPDATE (and ``FOR UPDATE SKIP LOCKED`` where the
+database has it), so several node processes on one PostgreSQL never run a job twice.
+A running job holds a lease; a crashed worker's lease expires and the job is queued again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from node.config import Task
+from node.store.database import Database
+from node.store.models import Job, JobState, Study, utcnow
+
+__all__ = ["JobQueue", "PlannedJob", "queued_job"]
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A job routing wants for a study (:func:`node.studies.routing.plan_jobs`)."""
+
+    task: str  # a Task value
+    rule: str
+    series_uids: list[str]
+    save_inputs: bool = False
+
+
+def queued_job(study_id: int, work: PlannedJob | Job) -> Job:
+    """A new queued job of the study for ``work``: routing's plan, or an earlier job run again."""
+    return Job(
+        study_id=study_id,
+        task=Task(work.task),
+        rule=work.rule,
+        series_uids=list(work.series_uids),
+        save_inputs=work.save_inputs,
+        state=JobState.QUEUED,
+    )
+
+
+class JobQueue(Database):
+    """The ``jobs`` table's work: :class:`node.store.index.Index` has these methods."""
+
+    def claim_job(self, worker: str, lease: timedelta) -> Job | None:
+        """Take the oldest queued job for ``worker``, or None when there is none."""
+        with self.writing() as s:
+            now = utcnow()
+            query = (
+                select(Job.id)
+                .where(
+                    Job.state == JobState.QUEUED,
+                    (Job.retry_at.is_(None)) | (Job.retry_at <= now),
+                )
+                .order_by(Job.id)
+                .limit(1)
+            )
+            if not self.is_sqlite:
+                query = query.with_for_update(skip_locked=True)
+            job_id = s.scalar(query)
+            if job_id is None:
+                return None
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(
+                    state=JobState.RUNNING,
+                    worker=worker,
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                    lease_until=now + lease,
+                )
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        return self.job(job_id)
+
+    def job(self, job_id: int) -> Job:
+        with self.session() as s:
+            return s.get_one(Job, job_id)
+
+    def jobs(self, study_uid: str | None = None) -> list[Job]:
+        with self.session() as s:
+            query = select(Job).order_by(Job.id)
+            if study_uid is not None:
+                query = query.join(Study).where(Study.study_uid == study_uid)
+            return list(s.scalars(query))
+
+    def renew_lease(self, job_id: int, worker: str, lease: timedelta) -> None:
+        with self.writing() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+                .values(lease_until=utcnow() + lease)
+            )
+
+    def update_job(self, job_id: int, worker: str, **values: Any) -> bool:
+        """Write ``values`` on a job this worker still holds; False if it lost the lease."""
+        with self.writing() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING)
+                .values(**values)
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def requeue_expired(self, max_attempts: int) -> int:
+        """Jobs whose worker died: queue them again, or fail them after ``max_attempts``."""
+        now = utcnow()
+        with self.writing() as s:
+            expired = list(
+                s.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.lease_until < now))
+            )
+            for job in expired:
+                if job.attempts >= max_attempts:
+                    job.state = JobState.FAILED
+                    job.error = f"worker {job.worker} stopped {job.attempts} times; gave up"
+                    job.finished_at = now
+                else:
+                    job.state = JobState.QUEUED
+                    job.error = f"worker {job.worker} stopped during attempt {job.attempts}"
+            return len(expired)
+
+    def earlier_results(self, job: Job) -> list[str]:
+        """Result files of the latest earlier job of ``job``'s study and task that made any.
+
+        A reprocessed study's new report names these as its predecessor.
+        """
+        with self.session() as s:
+            earlier = s.scalars(
+                select(Job)
+                .where(Job.study_id == job.study_id, Job.task == job.task, Job.id < job.id)
+                .order_by(Job.id.desc())
+            )
+            for candidate in earlier:
+                if candidate.result_paths:
+                    return list(candidate.result_paths)
+        return []
+
+    def retry_jobs(self, job_ids: Sequence[int] | None = None) -> list[int]:
+        """Queue dead-lettered (undelivered) and failed jobs again; None: every one of them.
+
+        An undelivered job keeps its results and only re-sends them; a failed one runs again.
+        """
+        with self.writing() as s:
+            query = select(Job).where(Job.state.in_([JobState.UNDELIVERED, JobState.FAILED]))
+            if job_ids is not None:
+                query = query.where(Job.id.in_(list(job_ids)))
+            jobs = list(s.scalars(query))
+            for job in jobs:
+                if not job.result_paths:
+                    job.attempts = 0
+                job.state = JobState.QUEUED
+                job.delivery_attempts = 0
+                job.retry_at = None
+                job.finished_at = None
+                job.error = f"re-queued by hand; last error: {job.error}"
+            return sorted(job.id for job in jobs)
+
+    def reprocess(self, study_uid: str) -> list[int]:
+        """New jobs for the study's latest work per rule; the finished ones they replace are
+        marked superseded. Jobs still queued or running are left to finish."""
+        with self.writing() as s:
+            study = s.scalar(select(Study).where(Study.study_uid == study_uid))
+            if study is None:
+                raise KeyError(f"study {study_uid} is not in the index")
+            latest: dict[tuple[Task, str], Job] = {}
+            for job in s.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id)):
+                latest[(job.task, job.rule)] = job
+            created = []
+            for job in latest.values():
+                if job.state in (JobState.QUEUED, JobState.RUNNING):
+                    continue
+                job.state = JobState.SUPERSEDED
+                new = queued_job(study.id, job)
+                s.add(new)
+                created.append(new)
+            s.flush()
+            return [job.id for job in created]
+
+    def running_workers(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Job.worker).where(Job.state == JobState.RUNNING)))
+
+    def release_jobs_of(self, workers: Sequence[str]) -> int:
+        """Jobs held by workers known to be dead go straight back to the queue."""
+        if not workers:
+            return 0
+        with self.writing() as s:
+            result = s.execute(
+                update(Job)
+                .where(Job.state == JobState.RUNNING, Job.worker.in_(list(workers)))
+                .values(state=JobState.QUEUED, error="the node restarted during the job")
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]

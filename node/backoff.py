@@ -19,4 +19,4 @@ def doubling_wait(first: float, failures: int, *, ceiling: float = math.inf) -> 
     """Seconds to wait after the ``failures``-th failure in a row: ``first`` after the
     first (and before any), twice that after the second, and so on, at most ``ceiling``."""
     doublings = min(max(failures - 1, 0), _MAX_DOUBLINGS)
-    return min(first * 2**doublings, ceiling)
+    return float(min(first * 2.0**doublings, ceiling))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fastapi import Request
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,

@@ -20,7 +20,8 @@ from enum import StrEnum
 import numpy as np
 from PIL import Image
 from pydicom import Dataset, dcmread
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from node.http.media import ImageType
@@ -272,7 +273,7 @@ def _grey8(raw: np.ndarray, header: Dataset, index: int, asked: Window | None) -
         grey = 255 - grey  # the minimum is white: one inversion, whichever says so
     if padding is not None:
         grey[padding] = 0
-    return grey
+    return np.asarray(grey)
 
 
 def _modality(raw: np.ndarray, header: Dataset, index: int) -> np.ndarray:
@@ -323,4 +324,5 @@ def _voi_lut(values: np.ndarray, header: Dataset) -> np.ndarray:
 def _colour8(rgb: np.ndarray, bits: int) -> np.ndarray:
     if rgb.dtype == np.uint8:
         return rgb
-    return np.round(rgb.astype(np.float64) / (2**bits - 1) * 255.0).clip(0, 255).astype(np.uint8)
+    scaled = np.round(rgb.astype(np.float64) / (2**bits - 1) * 255.0)
+    return np.asarray(scaled.clip(0, 255), dtype=np.uint8)

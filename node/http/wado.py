@@ -25,7 +25,7 @@ from pydicom import Dataset, dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import (
     UID,

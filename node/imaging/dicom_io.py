@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import iter_pixels, pixel_array
+from pydicom.pixels.utils import iter_pixels, pixel_array
 
 from node.imaging.errors import ImagingError
 

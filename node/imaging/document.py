@@ -309,7 +309,7 @@ def _render_page(
         # background still come out as black text on white.
         bitmap = page.render(scale=scale)
         try:
-            image = bitmap.to_pil().convert("RGB")
+            image: Image.Image = bitmap.to_pil().convert("RGB")
         finally:
             bitmap.close()
     except pdfium.PdfiumError as exc:

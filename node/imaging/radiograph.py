@@ -23,7 +23,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut, apply_windowing
 
 from node.imaging.dicom_io import decode_pixels, read_dataset
 from node.imaging.errors import ImagingError
@@ -214,7 +214,7 @@ def _apply_first_window(values: np.ndarray, ds: Dataset) -> np.ndarray:
         y_min, y_max = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
     if not np.isfinite(y_min) or not np.isfinite(y_max) or y_max <= y_min:
         raise ValueError(f"window output range [{y_min}, {y_max}] is empty")
-    return (np.asarray(windowed, dtype=np.float64) - y_min) / (y_max - y_min)
+    return np.asarray((np.asarray(windowed, dtype=np.float64) - y_min) / (y_max - y_min))
 
 
 def _apply_voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -246,7 +246,7 @@ def _colour_to_rgb8(raw: np.ndarray, ds: Dataset) -> np.ndarray:
         return raw
     # >8-bit colour is rare; scale by BitsStored instead of guessing a window.
     bits = int(ds.get("BitsStored", 16))
-    return np.round(raw.astype(np.float64) / (2**bits - 1) * 255.0).astype(np.uint8)
+    return np.asarray(np.round(raw.astype(np.float64) / (2**bits - 1) * 255.0), dtype=np.uint8)
 
 
 def _first(value: object) -> float:

@@ -123,4 +123,4 @@ class AxialResampler:
         origin = self._grid.origin
         self._filter.SetOutputOrigin((origin[0], origin[1], self._grid.z(k)))
         out = self._filter.Execute(self._image)
-        return sitk.GetArrayFromImage(out)[0]
+        return np.asarray(sitk.GetArrayFromImage(out)[0])

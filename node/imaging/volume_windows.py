@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.processing import apply_modality_lut
 
 from node.imaging.radiograph import pixel_padding_mask
 from node.imaging.stack_types import Frame
@@ -60,7 +60,7 @@ def _notebook_norm(values: np.ndarray, low: float, high: float) -> np.ndarray:
     out -= np.float32(low)
     out /= np.float32(high - low)
     out *= np.float32(255.0)
-    return np.round(out).astype(np.uint8)
+    return np.asarray(np.round(out), dtype=np.uint8)
 
 
 def _build_ct_lut() -> np.ndarray:

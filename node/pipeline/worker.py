@@ -17,6 +17,7 @@ from typing import Protocol
 
 from node import metrics
 from node.audit import AuditEvent, AuditLog, RunOutcome
+from node.backoff import doubling_wait
 from node.config import Output, Settings, Task
 from node.dispatch.deliver import DeliveryFailed, save_results, send, targets
 from node.inference.request import Engine
@@ -324,7 +325,7 @@ class Worker:
             state=JobState.QUEUED,
             error=error,
             retry_at=utcnow()
-            + timedelta(seconds=self.settings.node.retry_seconds * 2 ** (job.attempts - 1)),
+            + timedelta(seconds=doubling_wait(self.settings.node.retry_seconds, job.attempts)),
             lease_until=None,
         )
 

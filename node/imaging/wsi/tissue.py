@@ -70,7 +70,7 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     channels = rgb.astype(np.int16)
     saturation = (channels.max(axis=2) - channels.min(axis=2)).astype(np.uint8)
     threshold = min(max(_otsu(saturation), SATURATION_FLOOR), SATURATION_CEILING)
-    return (saturation >= threshold) & (channels.mean(axis=2) > DARK_LIMIT)
+    return np.asarray((saturation >= threshold) & (channels.mean(axis=2) > DARK_LIMIT))
 
 
 def _otsu(values: np.ndarray) -> int:

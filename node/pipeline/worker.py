@@ -226,14 +226,9 @@ class Worker:
                 delivery_attempts=attempts,
                 error=error,
             )
+            failed = {"error": error, "delivery_attempts": attempts, "lease_until": None}
             self.index.update_job(
-                job.id,
-                self.id,
-                state=JobState.UNDELIVERED,
-                error=error,
-                delivery_attempts=attempts,
-                finished_at=utcnow(),
-                lease_until=None,
+                job.id, self.id, state=JobState.UNDELIVERED, finished_at=utcnow(), **failed
             )
             return
         wait = policy.wait_after(attempts)

@@ -53,30 +53,41 @@ def _answer(pairs: Iterable[tuple[str, object]], returned: frozenset[str]) -> di
     return dict(sorted(chosen.items()))
 
 
+# Each answer attribute and the record field that holds it.
+_STUDY_FIELDS = {
+    "StudyInstanceUID": "study_uid",
+    "StudyDate": "study_date",
+    "StudyTime": "study_time",
+    "AccessionNumber": "accession_number",
+    "ReferringPhysicianName": "referring_physician",
+    "PatientName": "patient_name",
+    "PatientID": "patient_id",
+    "PatientBirthDate": "patient_birth_date",
+    "PatientSex": "patient_sex",
+    "StudyID": "dicom_study_id",
+    "StudyDescription": "study_description",
+}
+_SERIES_FIELDS = {
+    "SeriesInstanceUID": "series_uid",
+    "Modality": "modality",
+    "SeriesNumber": "series_number",
+    "SeriesDescription": "series_description",
+    "BodyPartExamined": "body_part",
+}
+
+
+def _pairs(
+    record: StudyAttributes | SeriesAttributes, fields: dict[str, str]
+) -> list[tuple[str, object]]:
+    return [(keyword, getattr(record, name)) for keyword, name in fields.items()]
+
+
 def _study_pairs(study: StudyAttributes) -> list[tuple[str, object]]:
-    return [
-        ("StudyInstanceUID", study.study_uid),
-        ("StudyDate", study.study_date),
-        ("StudyTime", study.study_time),
-        ("AccessionNumber", study.accession_number),
-        ("ReferringPhysicianName", study.referring_physician),
-        ("PatientName", study.patient_name),
-        ("PatientID", study.patient_id),
-        ("PatientBirthDate", study.patient_birth_date),
-        ("PatientSex", study.patient_sex),
-        ("StudyID", study.dicom_study_id),
-        ("StudyDescription", study.study_description),
-    ]
+    return _pairs(study, _STUDY_FIELDS)
 
 
 def _series_pairs(series: SeriesAttributes) -> list[tuple[str, object]]:
-    return [
-        ("SeriesInstanceUID", series.series_uid),
-        ("Modality", series.modality),
-        ("SeriesNumber", series.series_number),
-        ("SeriesDescription", series.series_description),
-        ("BodyPartExamined", series.body_part),
-    ]
+    return _pairs(series, _SERIES_FIELDS)
 
 
 def study_url(root: str, study_uid: str) -> str:

@@ -155,6 +155,19 @@ class _Arm:
 _ARMS = (_Arm(_RECEIVED, received=True), _Arm(_RESULTS, received=False))
 
 
+# Row columns matched against a list of values in Filters, by (column, Filters field).
+_SERIES_LISTS = (
+    ("series_uid", "series_uids"),
+    ("modality", "modalities"),
+    ("series_number", "series_numbers"),
+)
+_INSTANCE_LISTS = (
+    ("sop_uid", "sop_uids"),
+    ("sop_class_uid", "sop_class_uids"),
+    ("instance_number", "instance_numbers"),
+)
+
+
 def _arm_conditions(
     columns: dict[str, Column], f: Filters, *, instance_keys: bool
 ) -> list[ColumnElement[bool]]:
@@ -166,22 +179,13 @@ def _arm_conditions(
         conditions.append(
             c["study_id"].in_(select(Study.id).where(Study.study_uid.in_(f.study_uids)))
         )
-    if f.series_uids:
-        conditions.append(c["series_uid"].in_(f.series_uids))
-    if f.modalities:
-        conditions.append(c["modality"].in_(f.modalities))
-    if f.series_numbers:
-        conditions.append(c["series_number"].in_(f.series_numbers))
+    lists = _SERIES_LISTS + (_INSTANCE_LISTS if instance_keys else ())
+    for column, values in ((c[name], getattr(f, key)) for name, key in lists):
+        if values:
+            conditions.append(column.in_(values))
     for match in f.text:
         if not match.field.is_study_level:
             conditions.append(_matches(c[match.field.value], match.pattern, ignore_case=False))
-    if instance_keys:
-        if f.sop_uids:
-            conditions.append(c["sop_uid"].in_(f.sop_uids))
-        if f.sop_class_uids:
-            conditions.append(c["sop_class_uid"].in_(f.sop_class_uids))
-        if f.instance_numbers:
-            conditions.append(c["instance_number"].in_(f.instance_numbers))
     return conditions
 
 
@@ -213,6 +217,20 @@ def _study_conditions(f: Filters) -> list[ColumnElement[bool]]:
         having = _rows(Filters(modalities=f.modalities_in_study))
         conditions.append(Study.id.in_(select(having.c.study_id)))
     return conditions
+
+
+def _with_study(rows: Subquery, f: Filters) -> Select[Any]:
+    """``rows`` beside their study's attributes, the study-level filters applied."""
+    return (
+        select(*_STUDY_COLUMNS, rows)
+        .join_from(rows, Study, Study.id == rows.c.study_id)
+        .where(*_study_conditions(f))
+    )
+
+
+def _series_order(rows: Subquery) -> tuple[ColumnElement[Any], ...]:
+    """Most recently received study first, then its series by number (unnumbered last)."""
+    return (Study.id.desc(), rows.c.series_number.asc().nulls_last(), rows.c.series_uid)
 
 
 class Catalog:
@@ -291,14 +309,8 @@ class Catalog:
             grouped = grouped.where(held.c.series_uid.in_(select(having.c.series_uid)))
         series = grouped.subquery("series_held")
         statement = (
-            select(*_STUDY_COLUMNS, series)
-            .join_from(series, Study, Study.id == series.c.study_id)
-            .where(*_study_conditions(f))
-            .order_by(
-                Study.id.desc(),
-                series.c.series_number.asc().nulls_last(),
-                series.c.series_uid,
-            )
+            _with_study(series, f)
+            .order_by(*_series_order(series))
             .limit(page.limit + 1)
             .offset(page.offset)
         )
@@ -317,17 +329,8 @@ class Catalog:
     def search_instances(self, f: Filters, page: Page | None) -> Found[InstanceRecord]:
         """Matching instances; ``page`` None: all of them (a retrieve, not a search)."""
         held = _rows(f)
-        statement = (
-            select(*_STUDY_COLUMNS, held)
-            .join_from(held, Study, Study.id == held.c.study_id)
-            .where(*_study_conditions(f))
-            .order_by(
-                Study.id.desc(),
-                held.c.series_number.asc().nulls_last(),
-                held.c.series_uid,
-                held.c.instance_number.asc().nulls_last(),
-                held.c.sop_uid,
-            )
+        statement = _with_study(held, f).order_by(
+            *_series_order(held), held.c.instance_number.asc().nulls_last(), held.c.sop_uid
         )
         if page is not None:
             statement = statement.limit(page.limit + 1).offset(page.offset)

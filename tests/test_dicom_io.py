@@ -6,17 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
+from fixtures.series import source_path
 from node.imaging.dicom_io import decode_each, decode_pixels, read_dataset
 from node.imaging.errors import ImagingError
-
-
-def _testdata(name: str) -> Path:
-    found = get_testdata_file(name, download=False)
-    if found is None:
-        pytest.skip(f"{name} not installed (pydicom-data)")
-    return Path(str(found))
 
 
 def test_read_dataset_names_the_file_that_is_not_dicom(tmp_path: Path) -> None:
@@ -30,7 +23,7 @@ def test_read_dataset_names_the_file_that_is_not_dicom(tmp_path: Path) -> None:
 
 
 def test_read_dataset_header_only_and_deferred(tmp_path: Path) -> None:
-    path = _testdata("CT_small.dcm")
+    path = source_path("CT_small.dcm")
     assert "PixelData" not in read_dataset(path, header_only=True)
     deferred = read_dataset(path, defer_size=1024)
     assert "PixelData" in deferred
@@ -39,7 +32,7 @@ def test_read_dataset_header_only_and_deferred(tmp_path: Path) -> None:
 
 
 def test_decode_names_what_failed(tmp_path: Path) -> None:
-    ds = read_dataset(_testdata("CT_small.dcm"))
+    ds = read_dataset(source_path("CT_small.dcm"))
     ds.PixelData = ds.PixelData[:100]  # truncated
     with pytest.raises(ImagingError, match="SOP instance 1.2.3: pixel data can't be decoded"):
         decode_pixels(ds, "SOP instance 1.2.3: pixel data")
@@ -48,7 +41,7 @@ def test_decode_names_what_failed(tmp_path: Path) -> None:
 
 
 def test_decode_each_reads_the_asked_frames_from_a_file() -> None:
-    path = _testdata("emri_small.dcm")  # 10 frames
+    path = source_path("emri_small.dcm")  # 10 frames
     whole = read_dataset(path).pixel_array
     frames = list(decode_each(path, [1, 7], "emri"))
     assert [f.shape for f in frames] == [whole.shape[1:]] * 2

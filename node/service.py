@@ -16,6 +16,7 @@ from node.audit import AuditLog
 from node.config import Settings
 from node.dimse.scp import ListenError, StorageSCP
 from node.dispatch.deliver import targets
+from node.errors import reraised_as
 from node.http.app import NodeView, WorkerCounts, create_app
 from node.http.server import HttpServer
 from node.metrics import prepare_metrics_dir
@@ -98,10 +99,8 @@ class NodeService:
         self.ingest.reconcile()
         release_dead_local_workers(self.index)
         # Receive first: the PACS may route while the model is still loading.
-        try:
+        with reraised_as(ListenError, StartupError):
             self.scp.start()
-        except ListenError as e:
-            raise StartupError(str(e)) from e
         try:
             self.http.start()
         except OSError as e:

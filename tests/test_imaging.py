@@ -99,7 +99,7 @@ def test_rg1_is_padded_to_a_centred_square(rg1_images: dict[str, RadiographImage
     assert (result.source_rows, result.source_columns) == (1955, 1841)
     assert result.image.size == (1955, 1955)
     assert result.image.mode == "RGB"
-    assert (result.pad_top, result.pad_left) == (0, 57)
+    assert (result.padding.top, result.padding.left) == (0, 57)
     assert result.window == (15000.0, 30000.0)
     pixels = np.asarray(result.image)
     assert not pixels[:, :57].any() and not pixels[:, 57 + 1841 :].any()
@@ -126,7 +126,7 @@ def test_rg1_encodings_give_nearly_the_same_image(
     assert np.array_equal(np.asarray(rg1_images["RG1_J2KR.dcm"].image), reference)  # lossless
     for name in ("RG1_UNCI.dcm", "RG1_J2KI.dcm"):  # lossy twins
         other = rg1_images[name]
-        assert (other.pad_top, other.pad_left, other.image.size) == (0, 57, (1955, 1955))
+        assert (other.padding.top, other.padding.left, other.image.size) == (0, 57, (1955, 1955))
         diff = np.abs(np.asarray(other.image).astype(np.int16) - reference)
         assert diff.mean() < 1.0 and diff.max() <= 4, name
 
@@ -139,11 +139,11 @@ def test_dx_cat_from_deid_data() -> None:
     result = radiograph_to_image(path)  # a path works as well as a dataset
     assert (result.source_rows, result.source_columns) == (2614, 3072)
     assert result.image.size == (3072, 3072)
-    assert (result.pad_top, result.pad_left) == ((3072 - 2614) // 2, 0)
+    assert (result.padding.top, result.padding.left) == ((3072 - 2614) // 2, 0)
     assert result.window == (2048.0, 4096.0)
     pixels = np.asarray(result.image)
-    assert not pixels[: result.pad_top].any()
-    assert pixels[result.pad_top : result.pad_top + 2614].max() > 200
+    assert not pixels[: result.padding.top].any()
+    assert pixels[result.padding.top : result.padding.top + 2614].max() > 200
 
 
 def test_min_max_fallback_inversion_and_padding_mask() -> None:
@@ -151,7 +151,7 @@ def test_min_max_fallback_inversion_and_padding_mask() -> None:
     ds = _grey_image(pixels, "MONOCHROME1", PixelPaddingValue=9999)
     result = radiograph_to_image(ds)
     assert result.window is None
-    assert (result.image.size, result.pad_top, result.pad_left) == ((4, 4), 1, 0)
+    assert (result.image.size, result.padding.top, result.padding.left) == ((4, 4), 1, 0)
     grey = np.asarray(result.image)[1:3, :, 0]
     # Padding excluded from the min–max (else 100…400 would squash into ~0…8),
     # MONOCHROME1 inverted (100 → white), padding black.

@@ -156,7 +156,8 @@ def test_sc_draws_boxes_at_source_positions(
     row, column = band + int((box.top + box.bottom) / 2), int(box.left) + 1
     assert tuple(pixels[row, column]) == (255, 200, 0)
     # Away from any box and the banner, the pixels are the model input's.
-    source_rgb = np.asarray(cr_image.image)[:, cr_image.pad_left : cr_image.pad_left + cr.Columns]
+    left = cr_image.padding.left
+    source_rgb = np.asarray(cr_image.image)[:, left : left + cr.Columns]
     np.testing.assert_array_equal(pixels[band + 1900, 1000], source_rgb[1900, 1000])
 
 

@@ -17,6 +17,7 @@ from pydicom.sr.codedict import codes
 
 from fixtures.series import make_cr_study, make_ct_series, make_enhanced_ct
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
+from node.imaging.square import Padding
 from node.inference.answers import Box, LabResult
 from node.results.author import ResultAuthor
 from node.results.boxes import SourceBox, box_tracking_uid, map_box, map_boxes
@@ -45,12 +46,12 @@ def cr_image(cr: Dataset) -> RadiographImage:
 def square(rows: int, columns: int) -> RadiographImage:
     """A model input geometry without pixels that matter."""
     side = max(rows, columns)
+    top, left = (side - rows) // 2, (side - columns) // 2
     return RadiographImage(
         image=Image.new("RGB", (side, side)),
         source_rows=rows,
         source_columns=columns,
-        pad_top=(side - rows) // 2,
-        pad_left=(side - columns) // 2,
+        padding=Padding(top=top, bottom=side - rows - top, left=left, right=side - columns - left),
         window=None,
     )
 
@@ -66,7 +67,7 @@ def test_box_maps_through_padding_to_source_pixels() -> None:
 
 def test_real_cr_padding_is_on_the_left_and_right(cr_image: RadiographImage) -> None:
     assert (cr_image.source_rows, cr_image.source_columns) == (1955, 1841)
-    assert (cr_image.pad_top, cr_image.pad_left) == (0, 57)
+    assert (cr_image.padding.top, cr_image.padding.left) == (0, 57)
     mapped = map_box(Box("effusion", y0=0, x0=0, y1=1000, x1=1000), cr_image)
     # The whole square is the whole image once the padding is clipped off.
     assert mapped == SourceBox("effusion", 0.0, 0.0, 1955.0, 1841.0)

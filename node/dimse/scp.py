@@ -35,6 +35,7 @@ from node.dimse.tls import (
     server_tls_context,
     shake_hands,
 )
+from node.errors import reraised_as
 from node.store.ingest import Ingest, Receiver, WireInstance
 from node.store.outcome import SUCCESS, ReceivedStudies, Refused, Stored
 
@@ -109,10 +110,8 @@ class StorageSCP:
         ]
         tls, tls_port = self.settings.tls, self.settings.tls_port
         # Checked before anything listens: a bad file stops start-up with nothing bound.
-        try:
+        with reraised_as(TlsSetupError, ListenError):
             context = server_tls_context(tls) if tls is not None else None
-        except TlsSetupError as e:
-            raise ListenError(str(e)) from e
         plain_port = self.settings.plain_port
         try:
             if plain_port is not None:

@@ -81,14 +81,7 @@ class JobImages:
             radiograph = radiograph_to_image(path)
         except ImagingError as e:
             raise ImageUnrenderable(f"job {job_id}: {e}") from e
-        picture = radiograph.image.crop(
-            (
-                radiograph.pad_left,
-                radiograph.pad_top,
-                radiograph.pad_left + radiograph.source_columns,
-                radiograph.pad_top + radiograph.source_rows,
-            )
-        )
+        picture = radiograph.source_picture()
         rendered = render_burned_in(
             picture,
             record.boxes,

@@ -130,17 +130,10 @@ def document_to_pages(
 ) -> DocumentInput:
     """Render document instances (Encapsulated PDF, scanned pages) into RGB page images.
 
-    Parameters
-    ----------
-    datasets_or_paths
-        Data sets or DICOM file paths, in reading order.
-    dpi
-        Resolution PDF pages are rendered at (scanned pages keep theirs).
-    max_pages
-        Pages beyond this many, counted over all inputs, are dropped and noted.
-    max_side
-        Longer side, in pixels, a page may have; larger pages are scaled down
-        (PDFs rendered at a lower resolution) and noted.
+    ``datasets_or_paths`` are data sets or DICOM file paths in reading order. PDF pages
+    are rendered at ``dpi`` (scanned pages keep theirs). Pages beyond ``max_pages``,
+    counted over all inputs, are dropped and noted; a page whose longer side exceeds
+    ``max_side`` pixels is scaled down (a PDF rendered at a lower resolution) and noted.
 
     Raises
     ------

@@ -43,15 +43,14 @@ class RadiographImage:
     """A radiograph as the model input, plus what is needed to map boxes back.
 
     ``image`` is ``side × side`` with ``side = max(source_rows, source_columns)``;
-    the source pixels sit at ``[pad_top : pad_top + source_rows,
-    pad_left : pad_left + source_columns]``.
+    the source pixels sit at ``[padding.top : padding.top + source_rows,
+    padding.left : padding.left + source_columns]``.
     """
 
     image: Image.Image
     source_rows: int
     source_columns: int
-    pad_top: int
-    pad_left: int
+    padding: Padding  # the zeros around the source in the square, on all four sides
     # (center, width) of the window applied; None when a VOI LUT sequence or the
     # min–max fallback produced the grey levels.
     window: tuple[float, float] | None
@@ -63,16 +62,10 @@ class RadiographImage:
     # for the job record.
     notes: tuple[str, ...] = ()
 
-    @property
-    def padding(self) -> Padding:
-        """The zeros around the source in the square, on all four sides."""
-        side = self.image.width
-        return Padding(
-            top=self.pad_top,
-            bottom=side - self.pad_top - self.source_rows,
-            left=self.pad_left,
-            right=side - self.pad_left - self.source_columns,
-        )
+    def source_picture(self) -> Image.Image:
+        """The source-sized RGB picture: the model input without its square padding."""
+        top, left = self.padding.top, self.padding.left
+        return self.image.crop((left, top, left + self.source_columns, top + self.source_rows))
 
 
 def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
@@ -125,8 +118,7 @@ def radiograph_to_image(source: Dataset | Path | str) -> RadiographImage:
         image=Image.fromarray(square),
         source_rows=rows,
         source_columns=columns,
-        pad_top=padding.top,
-        pad_left=padding.left,
+        padding=padding,
         window=window,
         voi=voi,
         notes=tuple(notes),

@@ -21,6 +21,7 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from node.config import ModelSettings
+from node.errors import reraised_as
 from node.inference.answers import strip_thinking
 from node.inference.prompts import chat_messages
 from node.inference.request import TEST_MODEL_LABEL, Engine, EngineError, Prompt
@@ -164,10 +165,8 @@ def _served_engine(settings: ModelSettings) -> Engine:
         image_format=settings.image_format,
         jpeg_quality=settings.jpeg_quality,
     )
-    try:
+    with reraised_as(ServedModelError, ModelLoadError):
         served.check_model()
-    except ServedModelError as e:
-        raise ModelLoadError(str(e)) from e
     return served
 
 
@@ -197,11 +196,11 @@ class TransformersEngine:
     ) -> None:
         _check_checkpoint(path, source="model")
         self._path = path
-        self._is_test_model = is_test_model(path)
+        self.is_test_model = is_test_model(path)
         self._device = resolve_device(device)
         self._dtype = resolve_dtype(dtype, self._device)
-        self._label = (
-            f"{TEST_MODEL_LABEL} ({path})" if self._is_test_model else (label or str(path))
+        self.label = (
+            f"{TEST_MODEL_LABEL} ({path})" if self.is_test_model else (label or str(path))
         )
         started = time.monotonic()
         try:
@@ -221,21 +220,13 @@ class TransformersEngine:
         self._pad_id = self._processor.tokenizer.pad_token_id
         logger.info(
             "loaded %s on %s as %s in %.1f s",
-            self._label,
+            self.label,
             self._device,
             self._dtype,
             time.monotonic() - started,
         )
-        if self._is_test_model:
+        if self.is_test_model:
             logger.warning("\n%s", _test_model_banner(path))
-
-    @property
-    def label(self) -> str:
-        return self._label
-
-    @property
-    def is_test_model(self) -> bool:
-        return self._is_test_model
 
     def inputs(self, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
         """The processor's tensors for ``prompts`` (left-padded), on the model's device."""
@@ -271,7 +262,7 @@ class TransformersEngine:
         except torch.cuda.OutOfMemoryError:
             raise
         except (RuntimeError, ValueError) as e:
-            raise EngineError(f"generation failed on {self._label}: {e}") from e
+            raise EngineError(f"generation failed on {self.label}: {e}") from e
         answers = []
         generated = 0
         for row, prompt in zip(output, prompts, strict=True):
@@ -282,7 +273,7 @@ class TransformersEngine:
             answers.append(strip_thinking(text))
         logger.info(
             "%s: %d request(s), %d images, %d prompt tokens each, %d new tokens in %.1f s",
-            self._label,
+            self.label,
             len(prompts),
             sum(len(p.images) for p in prompts),
             prompt_tokens,

@@ -126,7 +126,7 @@ class OpenAIEngine:
         self._image_format = image_format
         self._jpeg_quality = jpeg_quality
         self._slots = threading.BoundedSemaphore(concurrency)
-        self._is_test_model = False
+        self.is_test_model = False  # until check_model finds the node's test checkpoint served
         # Never logged, never in an error message.
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if api_key:
@@ -134,12 +134,7 @@ class OpenAIEngine:
 
     @property
     def label(self) -> str:
-        return f"{TEST_MODEL_LABEL} ({self._model})" if self._is_test_model else self._model
-
-    @property
-    def is_test_model(self) -> bool:
-        """True once :meth:`check_model` found the server runs the node's test checkpoint."""
-        return self._is_test_model
+        return f"{TEST_MODEL_LABEL} ({self._model})" if self.is_test_model else self._model
 
     @property
     def url(self) -> str:
@@ -222,8 +217,8 @@ class OpenAIEngine:
             )
         entry = listing[served.index(self._model)]
         roots = {str(entry[key]) for key in ("root", "id") if entry.get(key)}
-        self._is_test_model = any(_is_local_test_model(root) for root in roots)
-        if self._is_test_model:
+        self.is_test_model = any(_is_local_test_model(root) for root in roots)
+        if self.is_test_model:
             logger.warning(
                 "%s serves the node's test checkpoint as %s: results are labelled TEST MODEL",
                 self._base,

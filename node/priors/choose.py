@@ -78,22 +78,19 @@ def choose_prior(
         return PriorChoice(
             None, [f"current study {study_uid} has no PatientID: priors can't be matched"]
         )
-    issuer = str(current.get("IssuerOfPatientID", "") or "").strip() or None
-    current_time_known = parse_time(current.get("StudyTime")) is not None
+    this = _Current(
+        study_uid,
+        patient_id,
+        str(current.get("IssuerOfPatientID", "") or "").strip() or None,
+        families,
+        current_when,
+        parse_time(current.get("StudyTime")) is not None,
+    )
 
     reasons: list[str] = []
     eligible: list[tuple[datetime.datetime, PriorStudy]] = []
     for candidate in candidates:
-        rejection = _rejection(
-            candidate,
-            study_uid=study_uid,
-            patient_id=patient_id,
-            issuer=issuer,
-            families=families,
-            current_when=current_when,
-            current_time_known=current_time_known,
-            window_days=window_days,
-        )
+        rejection = _rejection(candidate, this, window_days)
         if rejection is not None:
             reasons.append(f"rejected {candidate.study_uid}: {rejection}")
             continue
@@ -142,22 +139,25 @@ def choose_prior_image(current: Dataset, prior_instances: Sequence[Dataset]) -> 
 # --- internals -------------------------------------------------------------------
 
 
-def _rejection(
-    candidate: PriorStudy,
-    *,
-    study_uid: str,
-    patient_id: str,
-    issuer: str | None,
-    families: frozenset[str],
-    current_when: datetime.datetime,
-    current_time_known: bool,
-    window_days: int,
-) -> str | None:
+@dataclass(frozen=True)
+class _Current:
+    """What a candidate is compared with: the current study, read once."""
+
+    study_uid: str
+    patient_id: str
+    issuer: str | None
+    families: frozenset[str]
+    when: datetime.datetime
+    time_known: bool
+
+
+def _rejection(candidate: PriorStudy, current: _Current, window_days: int) -> str | None:
     """Why ``candidate`` is not a prior, or None when it is eligible."""
-    if candidate.study_uid == study_uid:
+    if candidate.study_uid == current.study_uid:
         return "it is the current study"
-    if candidate.patient_id != patient_id:
+    if candidate.patient_id != current.patient_id:
         return "PatientID differs from the current study's (same name is not the same patient)"
+    issuer = current.issuer
     if issuer and candidate.issuer_of_patient_id and candidate.issuer_of_patient_id != issuer:
         return "IssuerOfPatientID differs from the current study's"
     candidate_families = {
@@ -165,20 +165,20 @@ def _rejection(
     }
     if not candidate_families:
         return "the PACS gave no image modality in ModalitiesInStudy"
-    if not candidate_families & families:
+    if not candidate_families & current.families:
         return f"modalities {'/'.join(candidate.modalities)} are not in the current study's family"
     when = candidate.when
     if when is None:
         return "no valid StudyDate"
-    if when.date() == current_when.date() and (
-        candidate.study_time is None or not current_time_known
+    if when.date() == current.when.date() and (
+        candidate.study_time is None or not current.time_known
     ):
         return (
             "same day as the current study and a StudyTime is missing: can't tell which is earlier"
         )
-    if when >= current_when:
+    if when >= current.when:
         return "not earlier than the current study"
-    days = (current_when.date() - when.date()).days
+    days = (current.when.date() - when.date()).days
     if days > window_days:
         return f"{days} day(s) earlier, beyond the {window_days}-day window"
     return None

@@ -74,10 +74,10 @@ def map_box(box: Box, image: RadiographImage) -> SourceBox | str:
         return f"box {label!r} dropped: inverted (y1 < y0 or x1 < x0) {_coords(box)}"
     side = max(image.source_rows, image.source_columns)
     scale = side / BOX_SCALE
-    top = box.y0 * scale - image.pad_top
-    bottom = box.y1 * scale - image.pad_top
-    left = box.x0 * scale - image.pad_left
-    right = box.x1 * scale - image.pad_left
+    top = box.y0 * scale - image.padding.top
+    bottom = box.y1 * scale - image.padding.top
+    left = box.x0 * scale - image.padding.left
+    right = box.x1 * scale - image.padding.left
     clipped = SourceBox(
         label=label,
         top=min(max(top, 0.0), float(image.source_rows)),

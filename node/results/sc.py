@@ -120,7 +120,7 @@ def build_burned_in_sc(
     ValueError
         The picture's size is not the source's.
     """
-    picture = _source_picture(image)
+    picture = image.source_picture() if isinstance(image, RadiographImage) else image.convert("RGB")
     expected = (int(source.Columns), int(source.Rows))
     if picture.size != expected:
         raise ValueError(
@@ -161,15 +161,3 @@ def build_burned_in_sc(
     return sc
 
 
-def _source_picture(image: RadiographImage | Image.Image) -> Image.Image:
-    """The source-sized RGB picture: the model input without its square padding."""
-    if isinstance(image, RadiographImage):
-        return image.image.crop(
-            (
-                image.pad_left,
-                image.pad_top,
-                image.pad_left + image.source_columns,
-                image.pad_top + image.source_rows,
-            )
-        )
-    return image.convert("RGB")

@@ -47,6 +47,24 @@ __all__ = ["REOPENED_NOTE", "Filed", "Index", "PlannedJob", "StudyOverview", "ma
 
 REOPENED_NOTE = "re-opened by instances that arrived after routing"
 
+# The InstanceMeta fields each row is filed from; the columns carry the same names
+# (except a series' ``description``, which is meta.series_description).
+_STUDY_FIELDS = (
+    "study_uid patient_id accession_number patient_name patient_birth_date patient_sex"
+    " study_date study_time study_description referring_physician dicom_study_id"
+).split()
+_SERIES_FIELDS = (
+    "series_uid modality body_part image_type sop_class_uid calling_ae series_number"
+).split()
+_INSTANCE_FIELDS = (
+    "sop_uid sop_class_uid transfer_syntax_uid instance_number rows columns number_of_frames"
+).split()
+_RESULT_FIELDS = ["series_uid", "modality", "series_number", "series_description"]
+
+
+def _values(meta: InstanceMeta, fields: Sequence[str]) -> dict[str, object]:
+    return {name: getattr(meta, name) for name in fields}
+
 
 class Filed(StrEnum):
     NEW = "new"
@@ -92,21 +110,27 @@ class Index(JobQueue):
         # (their compiled form is cached) and remembered study/series ids.
         now = utcnow()
         with self._write_guard(), self.engine.begin() as conn:
-            study_id = self._study_id(conn, meta, now)
-            series_id = self._series_id(conn, meta, study_id)
+            study_id = self._row_id(
+                conn,
+                Study,
+                meta.study_uid,
+                _values(meta, _STUDY_FIELDS)
+                | {"state": StudyState.RECEIVING, "first_received": now, "last_received": now},
+            )
+            series_id = self._row_id(
+                conn,
+                Series,
+                meta.series_uid,
+                _values(meta, _SERIES_FIELDS)
+                | {"study_id": study_id, "description": meta.series_description},
+            )
             inserted = conn.execute(
                 self._insert_instance,
                 {
+                    **_values(meta, _INSTANCE_FIELDS),
                     "series_id": series_id,
-                    "sop_uid": meta.sop_uid,
-                    "sop_class_uid": meta.sop_class_uid,
-                    "transfer_syntax_uid": meta.transfer_syntax_uid,
                     "path": path,
                     "received_at": now,
-                    "instance_number": meta.instance_number,
-                    "rows": meta.rows,
-                    "columns": meta.columns,
-                    "number_of_frames": meta.number_of_frames,
                 },
             )
             if inserted.rowcount == 0:
@@ -140,49 +164,17 @@ class Index(JobQueue):
             return sqlite_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
         return postgresql_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
 
-    def _study_id(self, conn: Connection, meta: InstanceMeta, now: datetime) -> int:
-        cached = self._study_ids.get(meta.study_uid)
+    def _row_id(
+        self, conn: Connection, model: type[Study | Series], uid: str, values: dict[str, object]
+    ) -> int:
+        """The id of the study or series ``uid``, inserting it with ``values`` if new."""
+        key = "study_uid" if model is Study else "series_uid"
+        ids = self._study_ids if model is Study else self._series_ids
+        cached = ids.get(uid)
         if cached is not None:
             return cached
-        conn.execute(
-            self._insert_ignore(Study, "study_uid").values(
-                study_uid=meta.study_uid,
-                patient_id=meta.patient_id,
-                accession_number=meta.accession_number,
-                patient_name=meta.patient_name,
-                patient_birth_date=meta.patient_birth_date,
-                patient_sex=meta.patient_sex,
-                study_date=meta.study_date,
-                study_time=meta.study_time,
-                study_description=meta.study_description,
-                referring_physician=meta.referring_physician,
-                dicom_study_id=meta.dicom_study_id,
-                state=StudyState.RECEIVING,
-                first_received=now,
-                last_received=now,
-            )
-        )
-        return int(conn.scalar(select(Study.id).where(Study.study_uid == meta.study_uid)) or 0)
-
-    def _series_id(self, conn: Connection, meta: InstanceMeta, study_id: int) -> int:
-        cached = self._series_ids.get(meta.series_uid)
-        if cached is not None:
-            return cached
-        conn.execute(
-            self._insert_ignore(Series, "series_uid").values(
-                study_id=study_id,
-                series_uid=meta.series_uid,
-                modality=meta.modality,
-                body_part=meta.body_part,
-                description=meta.series_description,
-                image_type=meta.image_type,
-                sop_class_uid=meta.sop_class_uid,
-                calling_ae=meta.calling_ae,
-                series_number=meta.series_number,
-            )
-        )
-        series_id = conn.scalar(select(Series.id).where(Series.series_uid == meta.series_uid))
-        return int(series_id or 0)
+        conn.execute(self._insert_ignore(model, key).values(**values))
+        return int(conn.scalar(select(model.id).where(getattr(model, key) == uid)) or 0)
 
     def file_results(self, job_id: int, results: Sequence[tuple[InstanceMeta, str]]) -> None:
         """Record the result objects a job wrote (at those paths), for DICOMweb to serve.
@@ -199,19 +191,10 @@ class Index(JobQueue):
                 self._insert_ignore(ResultInstance, "sop_uid"),
                 [
                     {
+                        **_values(meta, _INSTANCE_FIELDS),
+                        **_values(meta, _RESULT_FIELDS),
                         "study_id": study_id,
                         "job_id": job_id,
-                        "series_uid": meta.series_uid,
-                        "sop_uid": meta.sop_uid,
-                        "sop_class_uid": meta.sop_class_uid,
-                        "transfer_syntax_uid": meta.transfer_syntax_uid,
-                        "modality": meta.modality,
-                        "series_number": meta.series_number,
-                        "series_description": meta.series_description,
-                        "instance_number": meta.instance_number,
-                        "rows": meta.rows,
-                        "columns": meta.columns,
-                        "number_of_frames": meta.number_of_frames,
                         "path": path,
                         "created_at": utcnow(),
                     }

@@ -40,6 +40,7 @@ from node.audit import AuditEvent, AuditLog, AuditValue
 from node.config import PacsSettings, Settings
 from node.dicomweb import qido
 from node.dimse.association import associate
+from node.errors import reraised_as
 from node.pacs_errors import PacsUnavailable, describe_pacs
 from node.priors.cache import PriorCache
 from node.priors.retrieve import retrieve_study
@@ -143,7 +144,7 @@ def search_studies(
 ) -> list[StudyAtPacs]:
     """Study-level search (QIDO-RS with a DICOMweb URL, else Study Root C-FIND) on
     ``filters`` (keyword: DICOM matching value); PullUnavailable when the PACS can't answer."""
-    with _unavailable_as_pull_error():
+    with reraised_as(PacsUnavailable, PullUnavailable):
         if pacs.dicomweb_url:
             fields = ["NumberOfStudyRelatedInstances"]
             answers = qido.search(pacs, "studies", filters=filters, fields=fields)
@@ -169,7 +170,7 @@ def search_studies(
 def search_instances(pacs: PacsSettings, calling_ae: str, study_uid: str) -> set[str]:
     """The SOP Instance UIDs the PACS holds for ``study_uid``. C-FIND asks series by series,
     as a hierarchical query must; PullUnavailable when the PACS can't answer."""
-    with _unavailable_as_pull_error():
+    with reraised_as(PacsUnavailable, PullUnavailable):
         if pacs.dicomweb_url:
             return set(
                 qido.search(pacs, "instances", study_uid=study_uid, fields=["SOPInstanceUID"])
@@ -190,14 +191,6 @@ def search_instances(pacs: PacsSettings, calling_ae: str, study_uid: str) -> set
                 found.update(_text(identifier, "SOPInstanceUID") for identifier in peer.find(query))
     found.discard("")
     return found
-
-
-@contextmanager
-def _unavailable_as_pull_error() -> Iterator[None]:
-    try:
-        yield
-    except PacsUnavailable as e:
-        raise PullUnavailable(str(e)) from e
 
 
 def _text(identifier: Dataset, keyword: str) -> str:
@@ -343,7 +336,7 @@ class StudyPuller:
         kept_prior = self.staging.is_complete(study_uid)
         directory = self.staging.prepare(study_uid)
         try:
-            with _unavailable_as_pull_error():
+            with reraised_as(PacsUnavailable, PullUnavailable):
                 files = retrieve_study(
                     study_uid,
                     pacs=self.pacs,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydicom import Dataset
 
+from node.errors import reraised_as
 from node.files import atomic_file, write_atomically
 from node.imaging.dicom_io import read_dataset
 from node.imaging.errors import ImagingError
@@ -27,10 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def read_instance(path: Path) -> Dataset:
-    try:
+    with reraised_as(ImagingError, InputError):
         return read_dataset(path)
-    except ImagingError as e:
-        raise InputError(str(e)) from e
 
 
 def readable_headers(paths: list[Path]) -> list[Dataset]:

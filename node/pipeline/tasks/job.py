@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom import Dataset
 
 from node.config import ImagingSettings, LocalizationSettings, Output, Task
-from node.imaging.errors import ImagingError
 from node.inference.prompts import DEFAULT_MAX_NEW_TOKENS
 from node.pipeline.record import JobRecord
 from node.priors.lookup import PriorLookup
@@ -46,12 +43,3 @@ class TaskInput:
     def paths(self) -> list[Path]:
         """Every instance file of every routed series, series by series."""
         return [path for files in self.series.values() for path in files]
-
-
-@contextmanager
-def study_input() -> Iterator[None]:
-    """An imaging failure is the study's, not the node's: an InputError, same message."""
-    try:
-        yield
-    except ImagingError as e:
-        raise InputError(str(e)) from e

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from node.errors import reraised_as
 from node.imaging.document import document_to_pages
+from node.imaging.errors import ImagingError
 from node.inference.answers import AnswerError, parse_lab_results
 from node.inference.prompts import lab_report_prompt
 from node.inference.request import Engine
 from node.pipeline.record import LabRecord
 from node.pipeline.tasks.common import ask, headers_named, measurement_report, readable_headers
-from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome, study_input
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.labs import lab_number
 
 
 def run_lab_report(job: TaskInput, engine: Engine) -> TaskOutcome:
-    with study_input():
+    with reraised_as(ImagingError, InputError):  # the study's failure, not the node's
         document = document_to_pages(job.paths)
     prompt = lab_report_prompt(document.pages, max_new_tokens=job.token_limit)
     answer = ask(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from node.errors import reraised_as
+from node.imaging.errors import ImagingError
 from node.imaging.terms import NOT_GIVEN, slide_procedure, slide_tissue
 from node.imaging.wsi import wsi_to_patches
 from node.inference.answers import AnswerError, parse_wsi_description
@@ -9,11 +11,11 @@ from node.inference.prompts import WSI_UNKNOWN, wsi_prompt
 from node.inference.request import Engine
 from node.pipeline.record import WsiRecord
 from node.pipeline.tasks.common import ask, measurement_report, readable_headers
-from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome, study_input
+from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 
 
 def run_wsi(job: TaskInput, engine: Engine) -> TaskOutcome:
-    with study_input():
+    with reraised_as(ImagingError, InputError):  # the study's failure, not the node's
         slide = wsi_to_patches(job.paths)
     # The prompt's tissue and procedure come from the series' first instance.
     headers = readable_headers(job.paths[:1])

@@ -62,6 +62,7 @@ bench: install install-peers
 	$(BIN)/python -m bench.ingest_busy
 	$(BIN)/python -m bench.imaging
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.gpu_feed
 	$(BIN)/python -m bench.encoding
 	$(BIN)/python -m bench.longitudinal
 	$(BIN)/python -m bench.soak

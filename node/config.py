@@ -88,6 +88,9 @@ class NodeSettings(_Strict):
     data_dir: Path = Path("data")
     database_url: str | None = None  # None: SQLite file under data_dir
     stable_seconds: float = Field(default=10.0, gt=0)
+    # Completeness and queued jobs are acted on as they happen (wake-ups); this is only
+    # how long the watcher and the workers sleep at most in case one was missed.
+    poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Empty list: any calling AE is accepted (logged); otherwise only these.
     allowed_peers: list[Peer] = Field(default_factory=list)
     # What happens to instances that arrive after a study's job has started.
@@ -189,6 +192,9 @@ class ModelSettings(_Strict):
     # into one generate call (1: one job at a time, no batching).
     batch_size: int = Field(default=1, ge=1, le=64)
     batch_wait_ms: float = Field(default=50.0, ge=0, le=5000)  # how long a batch waits to fill
+    # engine transformers: jobs read and prepared (images, pixel values) while the model
+    # answers others, so it never waits on the CPU; each holds one job's inputs in memory.
+    prepare_ahead: int = Field(default=1, ge=0, le=16)
     # engine openai only, below.
     # Seconds without an answer before a request counts as failed: an 85-slice volume
     # with 2000 new tokens on a busy server takes minutes, so this is generous.

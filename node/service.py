@@ -59,6 +59,7 @@ class NodeService:
             pacs_count_query(settings.pacs, settings.node.ae_title) if settings.pacs else None
         )
         self.watcher = CompletenessWatcher(settings, self.index, count_query)
+        self.ingest.on_new_instance = self.watcher.arrived
         audit = AuditLog.from_settings(settings.node)
         # Pulling studies from the PACS (HTTP and the watch share one puller).
         self.puller = StudyPuller(settings, self.ingest, audit) if settings.pacs else None
@@ -108,7 +109,9 @@ class NodeService:
                 f"cannot listen on HTTP port {self.settings.node.http_port} "
                 f"(node.http_port, on {self.settings.node.http_host}): {e.strerror or e}"
             ) from e
-        self._watch_thread = threading.Thread(target=self._watch, name="completeness", daemon=True)
+        self._watch_thread = threading.Thread(
+            target=self.watcher.run, args=(self._stop,), name="completeness", daemon=True
+        )
         self._watch_thread.start()
         if self.pull_watch is not None:
             self._pull_watch_thread = threading.Thread(
@@ -192,14 +195,6 @@ class NodeService:
             ready=sum(1 for ready in alive if ready.is_set()),
         )
 
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.watcher.tick()
-            except Exception:
-                log.exception("completeness check failed; trying again")
-            self._stop.wait(0.5)
-
     def supervise_once(self) -> None:
         """Restart a worker that died after loading its model; stop the node if one never could."""
         for number, (process, ready) in list(self._workers.items()):
@@ -220,9 +215,10 @@ class NodeService:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self.watcher.wake()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.request_stop()
         self.http.stop()
         self.scp.stop()
         for process, _ready in self._workers.values():

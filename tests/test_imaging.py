@@ -15,7 +15,6 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import config
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -28,6 +27,7 @@ from fixtures.series import (
     make_ct_series,
     make_mr_series,
     marker_hu,
+    source_path,
 )
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
@@ -36,16 +36,9 @@ from node.imaging.volume import sample_indices, series_to_volume_input
 RG1 = ("RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
 
 
-def _testdata(name: str) -> Path:
-    found = get_testdata_file(name, download=False)
-    if found is None:
-        pytest.skip(f"{name} not installed (pydicom-data)")
-    return Path(str(found))
-
-
 @pytest.fixture(scope="module")
 def rg1_images() -> dict[str, RadiographImage]:
-    return {name: radiograph_to_image(pydicom.dcmread(_testdata(name))) for name in RG1}
+    return {name: radiograph_to_image(pydicom.dcmread(source_path(name))) for name in RG1}
 
 
 @pytest.fixture
@@ -61,7 +54,7 @@ def strict_reading() -> Iterator[None]:
 
 def _ct_slice(hu: np.ndarray, *, position: float = 0.0, slope: float = 1.0) -> Dataset:
     """An in-memory CT slice (CT_small's header) whose pixels are exactly ``hu``."""
-    ds = pydicom.dcmread(_testdata("CT_small.dcm"))
+    ds = pydicom.dcmread(source_path("CT_small.dcm"))
     ds.SOPInstanceUID = generate_uid()
     ds.Rows, ds.Columns = hu.shape
     ds.RescaleSlope = f"{slope:g}"
@@ -77,7 +70,7 @@ def _ct_slice(hu: np.ndarray, *, position: float = 0.0, slope: float = 1.0) -> D
 
 def _grey_image(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs: object) -> Dataset:
     """A minimal single-frame greyscale image with unsigned 16-bit pixels."""
-    ds = pydicom.dcmread(_testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
+    ds = pydicom.dcmread(source_path("RG1_UNCR.dcm"), stop_before_pixels=True)
     for keyword in ("WindowCenter", "WindowWidth"):
         if keyword in ds:
             delattr(ds, keyword)
@@ -109,7 +102,7 @@ def test_rg1_is_padded_to_a_centred_square(rg1_images: dict[str, RadiographImage
 
 def test_rg1_monochrome1_is_inverted(rg1_images: dict[str, RadiographImage]) -> None:
     """MONOCHROME1: the highest stored value (most attenuation... displayed white) turns dark."""
-    raw = pydicom.dcmread(_testdata("RG1_UNCR.dcm")).pixel_array
+    raw = pydicom.dcmread(source_path("RG1_UNCR.dcm")).pixel_array
     grey = np.asarray(rg1_images["RG1_UNCR.dcm"].image)[:, 57 : 57 + 1841, 0]
     brightest_raw = raw == raw.max()
     darkest_raw = raw == raw.min()
@@ -213,7 +206,7 @@ def test_voi_lut_sequence_only_without_a_window() -> None:
 
 
 def test_missing_pixel_data_names_the_uid() -> None:
-    ds = pydicom.dcmread(_testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
+    ds = pydicom.dcmread(source_path("RG1_UNCR.dcm"), stop_before_pixels=True)
     with pytest.raises(ImagingError, match=f"{ds.SOPInstanceUID}.*no pixel data"):
         radiograph_to_image(ds)
 
@@ -227,7 +220,7 @@ def test_unsupported_photometric_names_the_uid() -> None:
 def test_cr_fixture_round_trips_under_strict_reading(tmp_path: Path, strict_reading: None) -> None:
     path = make_cr_study(tmp_path, patient_id="P-1", study_date="20230102")
     ds = pydicom.dcmread(path)
-    original = pydicom.dcmread(_testdata("RG1_UNCR.dcm"), stop_before_pixels=True)
+    original = pydicom.dcmread(source_path("RG1_UNCR.dcm"), stop_before_pixels=True)
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
     assert ds.SOPInstanceUID != original.SOPInstanceUID
@@ -473,10 +466,10 @@ def test_mixed_matrix_keeps_the_largest_stack(tmp_path: Path) -> None:
 
 
 def test_no_usable_slice_raises_naming_the_series() -> None:
-    ds = pydicom.dcmread(_testdata("CT_small.dcm"), stop_before_pixels=True)
+    ds = pydicom.dcmread(source_path("CT_small.dcm"), stop_before_pixels=True)
     with pytest.raises(ImagingError, match=ds.SeriesInstanceUID):
         series_to_volume_input([ds])
-    localizer = copy.deepcopy(pydicom.dcmread(_testdata("CT_small.dcm")))
+    localizer = copy.deepcopy(pydicom.dcmread(source_path("CT_small.dcm")))
     localizer.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
     with pytest.raises(ImagingError, match=localizer.SeriesInstanceUID):
         series_to_volume_input([localizer])

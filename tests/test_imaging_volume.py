@@ -15,7 +15,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from fixtures.series import (
@@ -27,18 +26,12 @@ from fixtures.series import (
     make_mr_series,
     make_two_stack_series,
     marker_hu,
+    source_path,
 )
 from node.imaging.errors import ImagingError
 from node.imaging.volume import series_to_sitk, series_to_volume_input
 
 SMALL = "CT_small.dcm"  # 128², fast; 693_UNCR (512²) where the size matters
-
-
-def _testdata(name: str) -> Path:
-    found = get_testdata_file(name, download=False)
-    if found is None:
-        pytest.skip(f"{name} not installed (pydicom-data)")
-    return Path(str(found))
 
 
 def _r(hu: float) -> int:
@@ -84,7 +77,7 @@ def test_several_enhanced_objects_form_one_stack(tmp_path: Path) -> None:
 def test_real_enhanced_ct_supplemental(tmp_path: Path) -> None:
     """eCT_Supplemental: IOP [−1,0,0,0,1,0] (normal −z); frame 2 lies first along the normal,
     but the frames of one object go in their stored order (the InstanceNumber direction)."""
-    path = _testdata("eCT_Supplemental.dcm")
+    path = source_path("eCT_Supplemental.dcm")
     volume = series_to_volume_input([path])
     assert volume.z_positions == [159.0, 149.0]
     assert volume.slice_indices == [1, 0] and volume.geometry["slice_order"] == "descending"
@@ -111,8 +104,8 @@ def test_real_enhanced_ct_supplemental(tmp_path: Path) -> None:
 )
 def test_enhanced_mr_encodings_without_functional_groups(name: str) -> None:
     """emri_small* carry no functional groups: frames in stored order, said so, same pixels."""
-    volume = series_to_volume_input([_testdata(name)])
-    reference = pydicom.dcmread(_testdata("emri_small.dcm")).pixel_array.astype(np.float64)
+    volume = series_to_volume_input([source_path(name)])
+    reference = pydicom.dcmread(source_path("emri_small.dcm")).pixel_array.astype(np.float64)
     expected = ((reference - reference.min()) / (reference.max() - reference.min()) * 255).astype(
         np.uint8
     )
@@ -167,7 +160,7 @@ def test_sagittal_is_sent_in_its_plane_with_a_note(tmp_path: Path) -> None:
 
 def test_sagittal_resampled_to_axial_puts_each_voxel_in_place(tmp_path: Path) -> None:
     """Slice step = 3 pixel spacings, so the axial grid hits every source sample exactly."""
-    source = pydicom.dcmread(_testdata(SMALL), stop_before_pixels=True)
+    source = pydicom.dcmread(source_path(SMALL), stop_before_pixels=True)
     pixel = float(source.PixelSpacing[0])
     n = 12
     paths = make_ct_series(tmp_path, n, source=SMALL, spacing=3 * pixel, plane="sagittal")

@@ -40,7 +40,7 @@ from node.http.schemas import (
 from node.http.urgency import urgent_findings
 from node.pipeline.record import CxrRecord, FindingsRecord, VolumeRecord, read_record
 from node.store.index import Index, StudyOverview
-from node.store.models import Job, JobState, Study, StudyState, utcnow
+from node.store.models import Job, JobState, Study, StudyState, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +86,13 @@ _SHOWN_ORDER = (
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; the index writes UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return aware(moment).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     if start is None:
         return None
-    if start.tzinfo is None:
-        start = start.replace(tzinfo=UTC)
-    end = end or utcnow()
-    if end.tzinfo is None:
-        end = end.replace(tzinfo=UTC)
-    return round((end - start).total_seconds(), 3)
+    return round((aware(end or utcnow()) - aware(start)).total_seconds(), 3)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ go together: a CT's 85 slices beside a one-image report would pad the report to 
 The queue is bounded: a thread submitting to a full queue waits, so a flood of studies
 waits in the index (durable) rather than in memory. A batch that runs out of GPU memory is
 split in half and retried, and the batch size stays smaller from then on.
+
+Each request's CPU work (its pixel values, :meth:`TransformersEngine.prepare`) is done on
+the submitting job's thread before it queues, so while the model answers one batch the
+next jobs are read and prepared: with more job threads than ``max_batch`` the model never
+waits on the CPU. The number of job threads bounds the inputs held in memory.
 """
 
 from __future__ import annotations
@@ -23,21 +28,24 @@ from dataclasses import dataclass, field
 
 import torch
 
+from node.inference.pixels import PreparedPrompt
 from node.inference.request import Prompt
 
 log = logging.getLogger(__name__)
 
-GenerateBatch = Callable[[Sequence[Prompt]], list[str]]
+GenerateBatch = Callable[[Sequence[Prompt | PreparedPrompt]], list[str]]
+Prepare = Callable[[Prompt], PreparedPrompt]
 
 
 @dataclass
 class _Request:
-    prompt: Prompt
+    prompt: Prompt | PreparedPrompt
     answer: Future[str] = field(default_factory=Future)
 
     @property
     def shape(self) -> int:
-        return len(self.prompt.images)
+        prompt = self.prompt.prompt if isinstance(self.prompt, PreparedPrompt) else self.prompt
+        return len(prompt.images)
 
 
 class BatchingEngine:
@@ -58,6 +66,8 @@ class BatchingEngine:
             raise TypeError(f"{type(engine).__name__} cannot generate batches")
         self._engine = engine
         self._generate_batch: GenerateBatch = generate_batch
+        # The CPU part of a request, done on the caller's thread while the model is busy.
+        self._prepare: Prepare | None = getattr(engine, "prepare", None)
         self.max_batch = max_batch
         self._wait = wait_seconds
         self._queue: queue.Queue[_Request] = queue.Queue(maxsize=queue_size or 4 * max_batch)
@@ -75,7 +85,7 @@ class BatchingEngine:
         return bool(getattr(self._engine, "is_test_model"))  # noqa: B009
 
     def generate(self, prompt: Prompt) -> str:
-        request = _Request(prompt)
+        request = _Request(self._prepare(prompt) if self._prepare is not None else prompt)
         self._queue.put(request)  # blocks while the queue is full
         return request.answer.result()
 

@@ -2,7 +2,8 @@
 
 Each worker process loads its own engine, claims jobs from the shared index and dies with
 its parent (a SIGKILLed node leaves no orphan holding jobs). With ``model.batch_size`` > 1
-it runs that many jobs at once on its one model, their requests batched together.
+it runs that many jobs at once on its one model, their requests batched together, and
+``model.prepare_ahead`` more jobs are read and prepared while the model answers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from node.config import Settings
 from node.logs import configure_logging
 from node.pipeline.worker import Worker
 from node.store.index import Index
+from node.store.wakeup import JobWakeups
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,13 @@ def worker_main(
     # is local: a shared multiprocessing.Event deadlocks its setter if a process dies
     # while waiting on it.
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
+    wakeups = JobWakeups(settings.node.resolved_database_url)
+
+    def stop_after_this_job(_signum: int, _frame: object) -> None:
+        stop.set()
+        wakeups.wake()
+
+    signal.signal(signal.SIGTERM, stop_after_this_job)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch  # imported here, never in the receiving process
 
@@ -64,6 +72,12 @@ def worker_main(
 
     try:
         engine = load_engine(settings.model, settings.node.data_dir)
+        if settings.model.engine == "test":
+            from node.inference.engine import TransformersEngine
+            from node.testing.standin import stand_in_from_environment
+
+            assert isinstance(engine, TransformersEngine)
+            engine = stand_in_from_environment(engine) or engine  # benchmarks only
     except Exception as e:
         log.critical("worker %d: the model could not be loaded: %s", number, e)
         raise SystemExit(3) from e
@@ -72,17 +86,20 @@ def worker_main(
         # The server batches; keep as many jobs in flight as requests may be.
         slots = settings.model.concurrency
     else:
-        slots = settings.model.batch_size
+        # One model: batch_size jobs' requests answered together, prepare_ahead more jobs
+        # read and prepared on the CPU meanwhile, each on its own thread.
+        slots = settings.model.batch_size + settings.model.prepare_ahead
         if slots > 1:
-            # One model, several jobs in flight: their requests are batched together.
             engine = BatchingEngine(
-                engine, max_batch=slots, wait_seconds=settings.model.batch_wait_ms / 1000
+                engine,
+                max_batch=settings.model.batch_size,
+                wait_seconds=settings.model.batch_wait_ms / 1000,
             )
     ready.set()
     threads = [
         threading.Thread(
             target=Worker(settings, index, engine, number=number, slot=slot).run,
-            args=(stop,),
+            args=(stop, wakeups),
             name=f"jobs-{number}.{slot}",
         )
         for slot in range(slots)
@@ -93,6 +110,7 @@ def worker_main(
         for thread in threads:
             thread.join()
     finally:
+        wakeups.close()
         index.close()
 
 

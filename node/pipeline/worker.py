@@ -13,7 +13,6 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
 
 from node import metrics
 from node.audit import AuditEvent, AuditLog, RunOutcome
@@ -26,19 +25,12 @@ from node.priors.lookup import PriorLookup
 from node.store.index import Index
 from node.store.meta import InstanceMeta
 from node.store.models import Job, JobState, utcnow
+from node.store.wakeup import JobWakeups
 
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(seconds=60)
 RENEW_EVERY = 15.0
-
-
-class StopSignal(Protocol):
-    """A threading or multiprocessing Event."""
-
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 def worker_id(number: int = 0, slot: int = 0) -> str:
@@ -89,15 +81,23 @@ class Worker:
         self.inputs_root = settings.node.data_dir / "inputs"
         self.audit = AuditLog.from_settings(settings.node)
 
-    def run(self, stop: StopSignal, idle_wait: float = 0.5) -> None:
+    def run(self, stop: threading.Event, wakeups: JobWakeups) -> None:
+        """Claim and run jobs until ``stop`` is set (then wake ``wakeups``).
+
+        Idle, it sleeps until a job is queued (a wake-up), a retry falls due or a running
+        job's lease runs out, or ``node.poll_seconds`` pass, whichever is first.
+        """
+        poll = self.settings.node.poll_seconds
         while not stop.is_set():
+            seen = wakeups.generation  # before looking, so no wake-up slips between
             try:
                 worked = self.run_once()
+                idle = 0.0 if worked else self.index.next_claimable_in(poll)
             except Exception:
                 log.exception("worker %s: unexpected error; continuing", self.id)
-                worked = False
-            if not worked:
-                stop.wait(idle_wait)
+                idle = poll
+            if idle > 0 and not stop.is_set():
+                wakeups.wait(seen, idle)
 
     def run_once(self) -> bool:
         self.index.requeue_expired(self.settings.node.max_attempts)

@@ -44,6 +44,7 @@ def make_engine(url: str) -> Engine:
 
 class Database:
     def __init__(self, url: str) -> None:
+        self.url = url
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         schema.upgrade(self.engine)  # a no-op once the database is at this release's schema

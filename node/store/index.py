@@ -258,6 +258,8 @@ class Index(JobQueue):
                 .values(state=JobState.SUPERSEDED, finished_at=utcnow())
             )
             s.add_all(queued_job(study_id, job) for job in planned)
+            if planned:
+                self._queued(s)
             study.state = StudyState.ROUTED if planned else StudyState.SKIPPED
             study.note = None if planned else "no routing rule matched any series"
             return True

@@ -126,6 +126,8 @@ class Ingest:
         self.spool = spool
         self.index = index
         self.reopen_on_late = reopen_on_late
+        # Told the study UID of each instance new to the index (the completeness watcher).
+        self.on_new_instance: Callable[[str], None] | None = None
 
     def accept(
         self, part10: bytes, *, calling_ae: str | None, into_study: str | None = None
@@ -184,6 +186,8 @@ class Ingest:
                 path.unlink(missing_ok=True)
             raise _NotFiled(f"the index can't take it: {_first_line(e)}") from e
         metrics.instance_received(meta.modality)
+        if filed is Filed.NEW and self.on_new_instance is not None:
+            self.on_new_instance(meta.study_uid)
         return filed
 
     def reconcile(self) -> int:

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import event, func, select, text, update
+from sqlalchemy.orm import Session
 
 from node.config import Task
 from node.store.database import Database
-from node.store.models import Job, JobState, Study, utcnow
+from node.store.models import Job, JobState, Study, aware, utcnow
+from node.store.wakeup import CHANNEL, announce_sqlite, wake_dir
 
 __all__ = ["JobQueue", "PlannedJob", "queued_job"]
 
@@ -44,7 +46,41 @@ def queued_job(study_id: int, work: PlannedJob | Job) -> Job:
 
 
 class JobQueue(Database):
-    """The ``jobs`` table's work: :class:`node.store.index.Index` has these methods."""
+    """The ``jobs`` table's work: :class:`node.store.index.Index` has these methods.
+
+    Every write that queues a job tells the waiting workers (:mod:`node.store.wakeup`).
+    """
+
+    def _queued(self, session: Session) -> None:
+        """Jobs were queued in ``session``: the waiting workers hear of it at its commit."""
+        if not self.is_sqlite:
+            session.execute(text(f"NOTIFY {CHANNEL}"))  # delivered at commit
+            return
+        directory = wake_dir(self.url)
+        if directory is not None:
+            event.listen(
+                session, "after_commit", lambda _s: announce_sqlite(directory), once=True
+            )
+
+    def next_claimable_in(self, at_most: float) -> float:
+        """Seconds until a job may become claimable without anyone queueing one (a retry
+        falls due, a running job's lease runs out), up to ``at_most``."""
+        now = utcnow()
+        with self.session() as s:
+            retry = s.scalar(
+                select(func.min(Job.retry_at)).where(
+                    Job.state == JobState.QUEUED, Job.retry_at > now
+                )
+            )
+            lease = s.scalar(
+                select(func.min(Job.lease_until)).where(
+                    Job.state == JobState.RUNNING, Job.lease_until > now
+                )
+            )
+        due = [aware(t) for t in (retry, lease) if t is not None]
+        if not due:
+            return at_most
+        return min(at_most, max(0.0, (min(due) - utcnow()).total_seconds()))
 
     def claim_job(self, worker: str, lease: timedelta) -> Job | None:
         """Take the oldest queued job for ``worker``, or None when there is none."""
@@ -123,6 +159,7 @@ class JobQueue(Database):
                 else:
                     job.state = JobState.QUEUED
                     job.error = f"worker {job.worker} stopped during attempt {job.attempts}"
+                    self._queued(s)
             return len(expired)
 
     def earlier_results(self, job: Job) -> list[str]:
@@ -159,6 +196,8 @@ class JobQueue(Database):
                 job.retry_at = None
                 job.finished_at = None
                 job.error = f"re-queued by hand; last error: {job.error}"
+            if jobs:
+                self._queued(s)
             return sorted(job.id for job in jobs)
 
     def reprocess(self, study_uid: str) -> list[int]:
@@ -180,6 +219,8 @@ class JobQueue(Database):
                 s.add(new)
                 created.append(new)
             s.flush()
+            if created:
+                self._queued(s)
             return [job.id for job in created]
 
     def running_workers(self) -> set[str]:
@@ -196,4 +237,6 @@ class JobQueue(Database):
                 .where(Job.state == JobState.RUNNING, Job.worker.in_(list(workers)))
                 .values(state=JobState.QUEUED, error="the node restarted during the job")
             )
+            if result.rowcount:  # type: ignore[attr-defined]
+                self._queued(s)
             return int(result.rowcount)  # type: ignore[attr-defined]

@@ -15,6 +15,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(value: datetime) -> datetime:
+    """A time read from the index, in UTC: SQLite hands back naive datetimes even for
+    timezone-aware columns, and the index only ever writes UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class StudyState(StrEnum):
     RECEIVING = "receiving"  # instances arriving; not yet stable
     ROUTED = "routed"  # jobs created for the study as it stands

@@ -1,0 +1,153 @@
+"""GPU feed: does the node have the next input ready the moment the model is free?
+
+``medgemma-node serve`` (SQLite, ``model.batch_size`` 1, ``outputs: [sr]``, a real Orthanc
+as its PACS for study sizes, prior look-ups and the SRs) runs the tiny test checkpoint
+behind a stand-in for a GPU (node/testing/standin.py): every model request takes a fixed
+time, ``ONE_IMAGE_SECONDS`` for a chest radiograph's, ``MORE_SECONDS`` for a CT's 85
+slices, and everything else is the node's own work: the job queue, reading and windowing
+the images, the pixel values, the SR, its delivery.
+
+A burst of 40 studies (32 chest CRs, 8 CTs of 300 × 512² slices, interleaved) is sent by
+DCMTK ``storescu`` with the stand-in held (its gate closed), so that all 40 are received,
+complete and queued before the clock starts; then the gate opens. The figure is the
+stand-in's busy time (the sum of its fixed answer times, from its log) over the wall time
+from the gate opening to the last job done: 1.0 means the model never waited for the node.
+Target ≥ 0.9. The machine's CPU count is reported with it: that is what the figure needs.
+
+Run: ``python -m bench.gpu_feed`` (``MEDGEMMA_TEST_MODEL`` reuses a built test model).
+Writes ``bench/results/gpu_feed.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC
+from pathlib import Path
+
+from bench.machine import machine
+from bench.pipeline import _model_path
+from fixtures.series import make_cr_study, make_ct_series
+from node.store.index import Index
+from node.store.models import JobState
+from node.testing.standin import GATE_ENV, SECONDS_ENV
+from tests.conftest import node_config, storescu
+from tests.peers import NodeProcess, Orthanc, wait_for
+
+TARGET = 0.9
+ONE_IMAGE_SECONDS = 0.3
+MORE_SECONDS = 1.5
+CXR_STUDIES = 32
+CT_STUDIES = 8
+CT_SLICES = 300
+STANDIN = re.compile(r"stand-in answered \d+ request\(s\) in (?P<seconds>\d+\.\d+) s \(fixed\)")
+
+
+def main() -> int:
+    model = _model_path()
+    work = Path(tempfile.mkdtemp(prefix="mgn-bench-feed-"))
+    info = machine()
+    gate = work / "gate"
+    os.environ[SECONDS_ENV] = f"{ONE_IMAGE_SECONDS},{MORE_SECONDS}"
+    os.environ[GATE_ENV] = str(gate)
+    pacs = Orthanc(work / "pacs").start()
+    config_path, config = node_config(
+        work / "node",
+        model,
+        node={"stable_seconds": 1},
+        pacs={"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
+        outputs=["sr"],
+    )
+    node = NodeProcess(config_path, work / "node.log", config["node"]["port"])
+    index_url = f"sqlite:///{Path(config['node']['data_dir']) / 'index.sqlite'}"
+    try:
+        node.start()
+        wait_for(lambda: "stand-in engine" in node.log(None), timeout=180, what="the stand-in")
+        kinds = ["cxr"] * CXR_STUDIES + ["ct"] * CT_STUDIES
+        random.Random(0).shuffle(kinds)
+        sent = time.perf_counter()
+        for number, kind in enumerate(kinds):
+            folder = work / "studies" / f"{number}"
+            patient = f"MGN-FEED-{number}"
+            if kind == "cxr":
+                files = [make_cr_study(folder, patient_id=patient)]
+            else:
+                files = make_ct_series(folder, n_slices=CT_SLICES, patient_id=patient, seed=number)
+            result = storescu(config["node"]["port"], files)
+            if result.returncode != 0:
+                raise RuntimeError(f"storescu failed: {result.stderr[-2000:]}")
+            shutil.rmtree(folder, ignore_errors=True)
+        send_seconds = time.perf_counter() - sent
+        index = Index(index_url)
+        wait_for(
+            lambda: len(index.jobs()) >= len(kinds),
+            timeout=300,
+            what="every study of the burst to be queued",
+        )
+        jobs = len(index.jobs())
+        log_from = node.log_path.stat().st_size
+        gate.touch()
+        opened = time.time()
+
+        def all_done() -> bool:
+            states = [job.state for job in index.jobs()]
+            failed = [s for s in states if s in (JobState.FAILED, JobState.UNDELIVERED)]
+            if failed:
+                raise RuntimeError(f"{len(failed)} jobs failed: {node.log()}")
+            return all(s == JobState.DONE for s in states)
+
+        wait_for(all_done, timeout=1800, what="the burst's jobs to be done", every=0.05)
+        finished = max(job.finished_at for job in index.jobs() if job.finished_at is not None)
+        last_done = (
+            finished.replace(tzinfo=UTC) if finished.tzinfo is None else finished
+        ).timestamp()
+        with node.log_path.open("rb") as f:
+            f.seek(log_from)
+            busy = sum(float(m["seconds"]) for m in STANDIN.finditer(f.read().decode()))
+    finally:
+        node.stop()
+        pacs.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    wall = last_done - opened
+    ratio = busy / wall
+    print(
+        f"GPU feed: {CXR_STUDIES} chest CRs + {CT_STUDIES} CTs ({CT_SLICES} slices), {jobs} jobs; "
+        f"stand-in {ONE_IMAGE_SECONDS} s / {MORE_SECONDS} s per request, batch 1; "
+        f"{info['cpus']} × {info['cpu_model']}"
+    )
+    print(
+        f"  stand-in busy {busy:.1f} s of {wall:.1f} s from the gate opening to the last job "
+        f"done: {ratio:.2f} (target ≥ {TARGET}); {len(kinds) / wall * 3600:.0f} studies/h "
+        f"against the stand-in's maximum {len(kinds) / busy * 3600:.0f}; "
+        f"burst sent in {send_seconds:.1f} s (not counted)"
+    )
+    out = Path("bench") / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_feed.json").write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "studies": {"cxr": CXR_STUDIES, "ct": CT_STUDIES, "ct_slices": CT_SLICES},
+                "jobs": jobs,
+                "standin_seconds": {"one_image": ONE_IMAGE_SECONDS, "more": MORE_SECONDS},
+                "busy_seconds": busy,
+                "wall_seconds": wall,
+                "ratio": ratio,
+                "target": TARGET,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0 if ratio >= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""A stand-in for a GPU: the test checkpoint answering each request in a fixed time.
+
+``bench/gpu_feed.py`` asks whether the node keeps a GPU busy: everything but the model is
+the node's real work (receiving, completeness, the job queue, reading and windowing the
+images, the pixel values, results, delivery), and the model answers as a GPU would, in
+``seconds(request)``. The tiny checkpoint still runs (its answers are the ones the node's
+result builders expect) and the rest of the time is waited out, so a request never takes
+less than its fixed time; one that takes more is logged.
+
+Only for ``model.engine: test``, and only when the environment asks for it:
+``MEDGEMMA_STANDIN_SECONDS="0.3,1.5"`` (a request with one image, one with more), and
+optionally ``MEDGEMMA_STANDIN_GATE=/path``: no request is answered until that file exists,
+so a benchmark can queue a whole burst before the clock starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from node.inference.engine import TransformersEngine
+from node.inference.pixels import PreparedPrompt
+from node.inference.request import Prompt
+
+log = logging.getLogger(__name__)
+
+SECONDS_ENV = "MEDGEMMA_STANDIN_SECONDS"
+GATE_ENV = "MEDGEMMA_STANDIN_GATE"
+
+
+class StandInEngine:
+    """``engine`` answering in a fixed time per request (the longest of a batch)."""
+
+    def __init__(
+        self, engine: TransformersEngine, *, one_image: float, more: float, gate: Path | None
+    ) -> None:
+        self._engine = engine
+        self._seconds = (one_image, more)
+        self._gate = gate
+        self.label = engine.label
+        self.is_test_model = engine.is_test_model
+
+    def prepare(self, prompt: Prompt) -> PreparedPrompt:
+        return self._engine.prepare(prompt)
+
+    def generate(self, prompt: Prompt) -> str:
+        return self.generate_batch([prompt])[0]
+
+    def generate_batch(self, requests: Sequence[Prompt | PreparedPrompt]) -> list[str]:
+        while self._gate is not None and not self._gate.exists():
+            time.sleep(0.05)
+        prompts = [r.prompt if isinstance(r, PreparedPrompt) else r for r in requests]
+        fixed = max(self._seconds[len(p.images) > 1] for p in prompts)
+        started = time.monotonic()
+        answers = self._engine.generate_batch(requests)
+        took = time.monotonic() - started
+        if took > fixed:
+            log.warning("stand-in: the test model took %.3f s, over the fixed %.3f s", took, fixed)
+        time.sleep(max(0.0, fixed - took))
+        log.info("stand-in answered %d request(s) in %.3f s (fixed)", len(prompts), fixed)
+        return answers
+
+
+def stand_in_from_environment(engine: TransformersEngine) -> StandInEngine | None:
+    """The stand-in the environment asks for, or None (the engine answers as it is)."""
+    spec = os.environ.get(SECONDS_ENV)
+    if not spec:
+        return None
+    try:
+        one_image, more = (float(part) for part in spec.split(","))
+    except ValueError as e:
+        raise ValueError(f"{SECONDS_ENV} must be 'one-image,more' seconds, got {spec!r}") from e
+    gate = os.environ.get(GATE_ENV)
+    log.warning(
+        "stand-in engine: %.3f s per one-image request, %.3f s per larger one%s",
+        one_image,
+        more,
+        f", held until {gate} exists" if gate else "",
+    )
+    return StandInEngine(
+        engine, one_image=one_image, more=more, gate=Path(gate) if gate else None
+    )

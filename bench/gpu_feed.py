@@ -15,7 +15,7 @@ from the gate opening to the last job done: 1.0 means the model never waited for
 Target ≥ 0.9. The machine's CPU count is reported with it: that is what the figure needs.
 
 Run: ``python -m bench.gpu_feed`` (``MEDGEMMA_TEST_MODEL`` reuses a built test model).
-Writes ``bench/results/gpu_feed.json``.
+Writes ``bench/results/gpu_feed.json`` and the node's log beside it.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> int:
         work / "node",
         model,
         node={"stable_seconds": 1},
+        model={"prepare_ahead": int(os.environ.get("PREPARE_AHEAD", "1"))},
         pacs={"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
         outputs=["sr"],
     )
@@ -113,6 +114,9 @@ def main() -> int:
     finally:
         node.stop()
         pacs.stop()
+        out = Path("bench") / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(node.log_path, out / "gpu_feed.log")  # where the gaps are, job by job
         shutil.rmtree(work, ignore_errors=True)
 
     wall = last_done - opened
@@ -128,8 +132,6 @@ def main() -> int:
         f"against the stand-in's maximum {len(kinds) / busy * 3600:.0f}; "
         f"burst sent in {send_seconds:.1f} s (not counted)"
     )
-    out = Path("bench") / "results"
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_feed.json").write_text(
         json.dumps(
             {

@@ -104,6 +104,8 @@ class VolumeInput:
     # The SOP Instance UIDs the sent images were made from, each once, in stack order:
     # the sampled slices' instances, or every stack instance when resampled.
     source_instance_uids: list[str] = field(default_factory=list)
+    # Their headers, in the same order, as the stack read them: the report's evidence.
+    source_headers: list[Dataset] = field(default_factory=list)
     # Zeros around each slice to make it square (the same for every slice).
     padding: Padding = field(default_factory=Padding)
 
@@ -223,6 +225,9 @@ def series_to_volume_input(
     )
     for note in notes:
         logger.info("series %s: %s", stack.series_uid, note)
+    sources = {
+        uid: frame.header for frame in used_frames if (uid := _sop_instance_uid(frame)) is not None
+    }
     return VolumeInput(
         images=images,
         slice_indices=indices,
@@ -236,9 +241,8 @@ def series_to_volume_input(
         slice_sources=(
             [_slice_source(f) for f in used_frames] if grid is None else [None] * len(images)
         ),
-        source_instance_uids=list(
-            dict.fromkeys(uid for f in used_frames if (uid := _sop_instance_uid(f)) is not None)
-        ),
+        source_instance_uids=list(sources),
+        source_headers=list(sources.values()),
         padding=padding,
     )
 

@@ -118,8 +118,11 @@ class ModelPixels:
         ):
             return first[0]  # one prepared prompt, all of its images in order: no copy
         missing = [image for image, f in zip(images, found, strict=True) if f is None]
-        computed = iter(self.values(missing)) if missing else iter(())
-        return np.stack([next(computed) if f is None else f[0][f[1]] for f in found])
+        computed = self.values(missing) if missing else None
+        if computed is not None and len(missing) == len(images):
+            return computed  # nothing prepared: no copy either
+        fresh = iter(computed if computed is not None else ())
+        return np.stack([next(fresh) if f is None else f[0][f[1]] for f in found])
 
     def values(self, images: Sequence[Image.Image]) -> np.ndarray:
         """The images' pixel values (image, channel, row, column), float32, as the

@@ -2,10 +2,11 @@
 
 ``bench/gpu_feed.py`` asks whether the node keeps a GPU busy: everything but the model is
 the node's real work (receiving, completeness, the job queue, reading and windowing the
-images, the pixel values, results, delivery), and the model answers as a GPU would, in
-``seconds(request)``. The tiny checkpoint still runs (its answers are the ones the node's
-result builders expect) and the rest of the time is waited out, so a request never takes
-less than its fixed time; one that takes more is logged.
+images, the pixel values and the processor's tensors, results, delivery), and the model
+answers as a GPU would: in a fixed time that costs the CPU nothing, with the answer the
+test checkpoint gives that kind of prompt (so the node's parsers and result builders run
+as they do with it). Running the tiny model itself would spend CPU that, on a GPU host,
+the GPU spends.
 
 Only for ``model.engine: test``, and only when the environment asks for it:
 ``MEDGEMMA_STANDIN_SECONDS="0.3,1.5"`` (a request with one image, one with more), and
@@ -21,9 +22,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from node.inference import prompts as recipe
 from node.inference.engine import TransformersEngine
 from node.inference.pixels import PreparedPrompt
 from node.inference.request import Prompt
+from node.testing.answers import (
+    LAB_ANSWER,
+    LOCALIZE_ANSWER,
+    LONGITUDINAL_ANSWER,
+    REPORT_ANSWER,
+    VERDICTS_ANSWER,
+    VOLUME_ANSWER,
+    WSI_ANSWER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +66,31 @@ class StandInEngine:
         prompts = [r.prompt if isinstance(r, PreparedPrompt) else r for r in requests]
         fixed = max(self._seconds[len(p.images) > 1] for p in prompts)
         started = time.monotonic()
-        answers = self._engine.generate_batch(requests)
+        self._engine.inputs(requests)  # the CPU's part of a model call
         took = time.monotonic() - started
         if took > fixed:
-            log.warning("stand-in: the test model took %.3f s, over the fixed %.3f s", took, fixed)
+            log.warning("stand-in: the inputs took %.3f s, over the fixed %.3f s", took, fixed)
         time.sleep(max(0.0, fixed - took))
         log.info("stand-in answered %d request(s) in %.3f s (fixed)", len(prompts), fixed)
-        return answers
+        return [_answer(prompt) for prompt in prompts]
+
+
+def _answer(prompt: Prompt) -> str:
+    """What the test checkpoint answers a prompt of this kind (node/testing/answers.py)."""
+    text = prompt.text
+    if prompt.history:
+        return VERDICTS_ANSWER
+    if prompt.system == recipe.REPORT_SYSTEM:
+        return REPORT_ANSWER
+    for opening, answer in (
+        (recipe.VOLUME_INSTRUCTION.split("{")[0], VOLUME_ANSWER),
+        (recipe.WSI_INSTRUCTION[:80], WSI_ANSWER),
+        (recipe.LAB_REPORT_PROMPT[:60], LAB_ANSWER),
+        (recipe.LONGITUDINAL_INSTRUCTION[:60], LONGITUDINAL_ANSWER),
+    ):
+        if opening in text:
+            return answer
+    return LOCALIZE_ANSWER
 
 
 def stand_in_from_environment(engine: TransformersEngine) -> StandInEngine | None:

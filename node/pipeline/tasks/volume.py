@@ -13,7 +13,7 @@ from node.inference.answers import strip_thinking, yes_no
 from node.inference.prompts import VOLUME_DEFAULT_FINDING, volume_prompt
 from node.inference.request import Engine
 from node.pipeline.record import VolumeRecord
-from node.pipeline.tasks.common import ask, headers_named, measurement_report, readable_headers
+from node.pipeline.tasks.common import ask, measurement_report
 from node.pipeline.tasks.job import InputError, TaskInput, TaskOutcome
 from node.results.slices import volume_findings
 
@@ -34,7 +34,8 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
         except ImagingError as e:
             errors.append(str(e))
             continue
-        headers = readable_headers(paths)
+        # The sent slices' headers, as the stack read them: not read a second time.
+        headers = volume.source_headers
         context = clinical_context(headers[0]) if headers else None
         region = volume_region(headers[0]) if headers else NOT_GIVEN
         modality: Literal["CT", "MR"] = "CT" if job.task is Task.CT_VOLUME else "MR"
@@ -67,7 +68,7 @@ def run_volume(job: TaskInput, engine: Engine) -> TaskOutcome:
         text = strip_thinking(answer) or answer
         verdict = yes_no(text)
         named = volume_findings(text, volume.slice_sources, verdict=verdict)
-        sources = headers_named(headers, volume.source_instance_uids)
+        sources = headers
         if not sources:
             raise InputError(
                 f"series {series_uid}: no readable header names the instances the sent "

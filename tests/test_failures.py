@@ -368,3 +368,49 @@ def test_healthz_says_503_while_no_worker_process_is_alive(
         node.stop()
     gaps = [body for code, body in seen if code == 503]
     assert gaps and all(b["workers_alive"] == 0 and b["database_reachable"] for b in gaps)
+
+
+def test_a_task_process_that_dies_fails_only_its_attempt_and_the_job_is_retried(
+    tmp_path: Path, test_model: Path, monkeypatch: Any
+) -> None:
+    """A job's task runs in a task process of the worker (node.pipeline.offload). Killed
+    while the model holds its request, the process takes only that attempt with it: the
+    job is retried in a new task process and the study gets its one report."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("MEDGEMMA_STANDIN_SECONDS", "0.01,0.01")
+    monkeypatch.setenv("MEDGEMMA_STANDIN_GATE", str(gate))
+    config_path, config = node_config(
+        tmp_path, test_model, node={"stable_seconds": 1, "retry_seconds": 0.5}, outputs=["sr"]
+    )
+    node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
+    index = Index(f"sqlite:///{tmp_path / 'node-data' / 'index.sqlite'}")
+    try:
+        assert node.process is not None
+        cr = make_cr_study(tmp_path / "cr", patient_id="TASK-DIES")
+        assert storescu(config["node"]["port"], [cr]).returncode == 0
+        wait_for(
+            lambda: "stand-in: holding 1 request(s)" in node.log(None),
+            timeout=120,
+            what="the model to hold the job's request",
+        )
+        (worker,) = _workers(node.process.pid)
+        task_processes = _workers(worker)
+        assert task_processes, "the worker runs its tasks in processes of its own"
+        for pid in task_processes:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(
+            lambda: "task process running the cxr-report task died" in node.log(None),
+            timeout=60,
+            what="the worker to notice",
+        )
+        gate.touch()
+        (done,) = wait_for(
+            lambda: [j for j in index.jobs() if j.state == JobState.DONE],
+            timeout=120,
+            what="the job to be retried and done",
+        )
+    finally:
+        node.stop()
+    assert done.attempts == 2 and len(index.jobs()) == 1
+    assert len(done.result_paths) == 1
+    index.close()

@@ -1,9 +1,11 @@
 """Worker processes: the model runs outside the process that receives, so ingest never waits on it.
 
 Each worker process loads its own engine, claims jobs from the shared index and dies with
-its parent (a SIGKILLed node leaves no orphan holding jobs). With ``model.batch_size`` > 1
-it runs that many jobs at once on its one model, their requests batched together, and
-``model.prepare_ahead`` more jobs are read and prepared while the model answers.
+its parent (a SIGKILLed node leaves no orphan holding jobs). Its job slots run their tasks
+in task processes of their own (node.pipeline.offload) and ask its one engine. With
+``model.batch_size`` > 1 it runs that many jobs at once on its one model, their requests
+batched together, and ``model.prepare_ahead`` more jobs are read and prepared while the
+model answers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from multiprocessing.synchronize import Event
 
 from node.config import Settings
 from node.logs import configure_logging
+from node.pipeline.offload import EngineServer, TaskProcesses
 from node.pipeline.worker import Worker
 from node.store.index import Index
 from node.store.wakeup import JobWakeups
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -46,7 +49,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def worker_main(
     settings: Settings, number: int, parent_pid: int, ready: Event, verbose: bool
 ) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     configure_logging(verbose, log_phi=settings.node.log_phi)
     # Stop on SIGTERM (from the parent, or a service manager signalling the whole group)
     # after the job in hand; Ctrl-C in a terminal is the parent's to handle. The stop flag
@@ -95,10 +98,14 @@ def worker_main(
                 max_batch=settings.model.batch_size,
                 wait_seconds=settings.model.batch_wait_ms / 1000,
             )
+    # Each slot's task runs in its own process; the model answers them all from here.
+    server = EngineServer(engine)
+    tasks = TaskProcesses(server, slots, verbose=verbose, log_phi=settings.node.log_phi)
+    tasks.start()
     ready.set()
     threads = [
         threading.Thread(
-            target=Worker(settings, index, engine, number=number, slot=slot).run,
+            target=Worker(settings, index, engine, tasks, number=number, slot=slot).run,
             args=(stop, wakeups),
             name=f"jobs-{number}.{slot}",
         )
@@ -110,6 +117,8 @@ def worker_main(
         for thread in threads:
             thread.join()
     finally:
+        tasks.close()
+        server.close()
         wakeups.close()
         index.close()
 
@@ -121,7 +130,9 @@ def start_worker(settings: Settings, number: int, verbose: bool) -> tuple[SpawnP
         target=worker_main,
         args=(settings, number, os.getpid(), ready, verbose),
         name=f"worker-{number}",
-        daemon=True,
+        # Not daemonic: it starts task processes of its own. It still dies with the node
+        # (die_with_parent), and NodeService.stop ends it.
+        daemon=False,
     )
     process.start()
     return process, ready

@@ -20,6 +20,7 @@ from node.backoff import doubling_wait
 from node.config import Output, Settings, Task
 from node.dispatch.deliver import DeliveryFailed, save_results, send, targets
 from node.inference.request import Engine
+from node.pipeline.offload import TaskProcesses
 from node.pipeline.tasks import InputError, TaskInput, run_task
 from node.priors.lookup import PriorLookup
 from node.store.index import Index
@@ -69,6 +70,7 @@ class Worker:
         settings: Settings,
         index: Index,
         engine: Engine,
+        tasks: TaskProcesses | None = None,
         *,
         number: int = 0,
         slot: int = 0,
@@ -76,6 +78,7 @@ class Worker:
         self.settings = settings
         self.index = index
         self.engine = engine
+        self.tasks = tasks  # None: tasks run on the job's own thread
         self.id = worker_id(number, slot)
         self.results_root = settings.node.data_dir / "results"
         self.inputs_root = settings.node.data_dir / "inputs"
@@ -271,7 +274,10 @@ class Worker:
             self._outputs_wanted(),
             tuple(Path(p) for p in self.index.earlier_results(job)),
         )
-        outcome = run_task(task_input, self.engine)
+        if self.tasks is not None:
+            outcome = self.tasks.run(task_input)
+        else:
+            outcome = run_task(task_input, self.engine)
         paths = save_results(outcome.results, self.results_root / f"job-{job.id}")
         record = outcome.record
         record.model, record.test_model = self.engine.label, self.engine.is_test_model

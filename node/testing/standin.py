@@ -26,15 +26,7 @@ from node.inference import prompts as recipe
 from node.inference.engine import TransformersEngine
 from node.inference.pixels import PreparedPrompt
 from node.inference.request import Prompt
-from node.testing.answers import (
-    LAB_ANSWER,
-    LOCALIZE_ANSWER,
-    LONGITUDINAL_ANSWER,
-    REPORT_ANSWER,
-    VERDICTS_ANSWER,
-    VOLUME_ANSWER,
-    WSI_ANSWER,
-)
+from node.testing import answers
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +53,10 @@ class StandInEngine:
         return self.generate_batch([prompt])[0]
 
     def generate_batch(self, requests: Sequence[Prompt | PreparedPrompt]) -> list[str]:
-        while self._gate is not None and not self._gate.exists():
-            time.sleep(0.05)
+        if self._gate is not None and not self._gate.exists():
+            log.info("stand-in: holding %d request(s) until %s exists", len(requests), self._gate)
+            while not self._gate.exists():
+                time.sleep(0.05)
         prompts = [r.prompt if isinstance(r, PreparedPrompt) else r for r in requests]
         fixed = max(self._seconds[len(p.images) > 1] for p in prompts)
         started = time.monotonic()
@@ -79,18 +73,18 @@ def _answer(prompt: Prompt) -> str:
     """What the test checkpoint answers a prompt of this kind (node/testing/answers.py)."""
     text = prompt.text
     if prompt.history:
-        return VERDICTS_ANSWER
+        return answers.VERDICTS_ANSWER
     if prompt.system == recipe.REPORT_SYSTEM:
-        return REPORT_ANSWER
+        return answers.REPORT_ANSWER
     for opening, answer in (
-        (recipe.VOLUME_INSTRUCTION.split("{")[0], VOLUME_ANSWER),
-        (recipe.WSI_INSTRUCTION[:80], WSI_ANSWER),
-        (recipe.LAB_REPORT_PROMPT[:60], LAB_ANSWER),
-        (recipe.LONGITUDINAL_INSTRUCTION[:60], LONGITUDINAL_ANSWER),
+        (recipe.VOLUME_INSTRUCTION.split("{")[0], answers.VOLUME_ANSWER),
+        (recipe.WSI_INSTRUCTION[:80], answers.WSI_ANSWER),
+        (recipe.LAB_REPORT_PROMPT[:60], answers.LAB_ANSWER),
+        (recipe.LONGITUDINAL_INSTRUCTION[:60], answers.LONGITUDINAL_ANSWER),
     ):
         if opening in text:
             return answer
-    return LOCALIZE_ANSWER
+    return answers.LOCALIZE_ANSWER
 
 
 def stand_in_from_environment(engine: TransformersEngine) -> StandInEngine | None:

@@ -49,6 +49,46 @@ CT_SLICES = 300
 STANDIN = re.compile(r"stand-in answered \d+ request\(s\) in (?P<seconds>\d+\.\d+) s \(fixed\)")
 
 
+def _task_processes() -> bool | str:
+    value = os.environ.get("TASK_PROCESSES", "auto").lower()
+    return value if value == "auto" else value == "true"
+
+
+def _machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds of ``root`` and its descendants, by role: node, worker, task processes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    roles: dict[str, float] = {}
+    for depth, pids in enumerate([[root], children.get(root, [])]):
+        for pid in pids:
+            role = ("node", "worker")[depth]
+            try:
+                roles[role] = roles.get(role, 0.0) + _process_cpu(pid)
+                for task in children.get(pid, []) if depth == 1 else []:
+                    roles["tasks"] = roles.get("tasks", 0.0) + _process_cpu(task)
+            except OSError:
+                continue
+    return roles
+
+
 def main() -> int:
     model = _model_path()
     work = Path(tempfile.mkdtemp(prefix="mgn-bench-feed-"))
@@ -60,7 +100,8 @@ def main() -> int:
     config_path, config = node_config(
         work / "node",
         model,
-        node={"stable_seconds": 1},
+        # PREPARE_AHEAD and TASK_PROCESSES (auto, true, false) try other settings.
+        node={"stable_seconds": 1, "task_processes": _task_processes()},
         model={"prepare_ahead": int(os.environ.get("PREPARE_AHEAD", "1"))},
         pacs={"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
         outputs=["sr"],
@@ -93,8 +134,13 @@ def main() -> int:
         )
         jobs = len(index.jobs())
         log_from = node.log_path.stat().st_size
+        cpu_before = _machine_cpu_seconds()
+        assert node.process is not None and pacs.process is not None
+        tree_before = _tree_cpu(node.process.pid)
+        pacs_before = _process_cpu(pacs.process.pid)
         gate.touch()
         opened = time.time()
+        print(f"gate open: {jobs} jobs queued", flush=True)
 
         def all_done() -> bool:
             states = [job.state for job in index.jobs()]
@@ -104,6 +150,12 @@ def main() -> int:
             return all(s == JobState.DONE for s in states)
 
         wait_for(all_done, timeout=1800, what="the burst's jobs to be done", every=0.05)
+        cpu_seconds = _machine_cpu_seconds() - cpu_before
+        by_role = {
+            role: seconds - tree_before.get(role, 0.0)
+            for role, seconds in _tree_cpu(node.process.pid).items()
+        }
+        by_role["orthanc"] = _process_cpu(pacs.process.pid) - pacs_before
         finished = max(job.finished_at for job in index.jobs() if job.finished_at is not None)
         last_done = (
             finished.replace(tzinfo=UTC) if finished.tzinfo is None else finished
@@ -121,9 +173,15 @@ def main() -> int:
 
     wall = last_done - opened
     ratio = busy / wall
+    # The CPU the burst used (every process on the machine: the node, Orthanc, this
+    # script), and the cores that would keep the stand-in ≥ TARGET busy at that cost.
+    cores_in_use = cpu_seconds / wall
+    cores_needed = cpu_seconds / (busy / TARGET)
     print(
         f"GPU feed: {CXR_STUDIES} chest CRs + {CT_STUDIES} CTs ({CT_SLICES} slices), {jobs} jobs; "
-        f"stand-in {ONE_IMAGE_SECONDS} s / {MORE_SECONDS} s per request, batch 1; "
+        f"stand-in {ONE_IMAGE_SECONDS} s / {MORE_SECONDS} s per request, batch 1, "
+        f"prepare_ahead {config['model']['prepare_ahead']}, "
+        f"task_processes {config['node']['task_processes']}; "
         f"{info['cpus']} × {info['cpu_model']}"
     )
     print(
@@ -132,17 +190,29 @@ def main() -> int:
         f"against the stand-in's maximum {len(kinds) / busy * 3600:.0f}; "
         f"burst sent in {send_seconds:.1f} s (not counted)"
     )
+    print(
+        f"  CPU: {cpu_seconds:.1f} core-seconds in that time, {cores_in_use:.1f} of "
+        f"{info['cpus']} cores busy on average; at that cost ≥ {TARGET} needs about "
+        f"{cores_needed:.1f} cores; by process: "
+        + ", ".join(f"{role} {seconds:.1f}" for role, seconds in by_role.items())
+    )
     (out / "gpu_feed.json").write_text(
         json.dumps(
             {
                 "machine": info,
                 "studies": {"cxr": CXR_STUDIES, "ct": CT_STUDIES, "ct_slices": CT_SLICES},
                 "jobs": jobs,
+                "prepare_ahead": config["model"]["prepare_ahead"],
+                "task_processes": config["node"]["task_processes"],
                 "standin_seconds": {"one_image": ONE_IMAGE_SECONDS, "more": MORE_SECONDS},
                 "busy_seconds": busy,
                 "wall_seconds": wall,
                 "ratio": ratio,
                 "target": TARGET,
+                "cpu_seconds": cpu_seconds,
+                "cores_in_use": cores_in_use,
+                "cores_needed": cores_needed,
+                "cpu_seconds_by_process": by_role,
             },
             indent=2,
         )

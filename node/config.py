@@ -6,6 +6,7 @@ path and the file, instead of being silently ignored.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from importlib import resources
@@ -98,6 +99,10 @@ class NodeSettings(_Strict):
     max_attempts: int = Field(default=3, ge=1)  # model runs per job before it is failed
     retry_seconds: float = Field(default=30.0, gt=0)  # first wait after a failed run; doubles
     workers: int = Field(default=1, ge=1)
+    # Run each job slot's task in a process of its own (node.pipeline.offload), so the
+    # tasks' Python work runs on other cores than the model's process. "auto": when the
+    # machine has 4 or more cores; on fewer, the extra copying costs more than it frees.
+    task_processes: bool | Literal["auto"] = "auto"
     # Append-only JSON lines of associations, studies received, model runs and deliveries;
     # a relative path is under data_dir; None: no audit trail.
     audit_log: Path | None = Path("audit.jsonl")
@@ -168,6 +173,12 @@ class NodeSettings(_Strict):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    @property
+    def uses_task_processes(self) -> bool:
+        if self.task_processes == "auto":
+            return (os.cpu_count() or 1) >= 4
+        return bool(self.task_processes)
 
     @property
     def resolved_audit_log(self) -> Path | None:

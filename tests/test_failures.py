@@ -380,7 +380,10 @@ def test_a_task_process_that_dies_fails_only_its_attempt_and_the_job_is_retried(
     monkeypatch.setenv("MEDGEMMA_STANDIN_SECONDS", "0.01,0.01")
     monkeypatch.setenv("MEDGEMMA_STANDIN_GATE", str(gate))
     config_path, config = node_config(
-        tmp_path, test_model, node={"stable_seconds": 1, "retry_seconds": 0.5}, outputs=["sr"]
+        tmp_path,
+        test_model,
+        node={"stable_seconds": 1, "retry_seconds": 0.5, "task_processes": True},
+        outputs=["sr"],
     )
     node = NodeProcess(config_path, tmp_path / "node.log", config["node"]["port"]).start()
     index = Index(f"sqlite:///{tmp_path / 'node-data' / 'index.sqlite'}")

@@ -9,6 +9,7 @@ and a batch of two.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,9 @@ def fast_images(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> 
     counts: list[int] = []
     values = engine.pixels.values
 
-    def counted(images: list[Image.Image]) -> object:
+    def counted(images: list[Image.Image], out: object = None) -> object:
         counts.append(len(images))
-        return values(images)
+        return values(images, out=out)
 
     monkeypatch.setattr(engine.pixels, "values", counted)
     return counts
@@ -147,3 +148,21 @@ def test_what_the_fast_path_does_not_cover_goes_to_the_processor(
         prompt = cxr_report_prompt(image)
         _assert_same(engine.inputs([prompt]), _official_inputs(official, [prompt]))
     assert fast_images == []
+
+
+def test_a_buffer_used_again_holds_only_the_new_prompts_values(
+    engine: TransformersEngine, official: object, tmp_path: Path
+) -> None:
+    """Prepared pixel buffers are reused (a new 820 MB one costs seconds of page faults):
+    a smaller prompt prepared into a CT's old buffer gets exactly its own values."""
+    first = engine.prepare(_ct(tmp_path))
+    assert first.pixels is not None
+    address = first.pixels.__array_interface__["data"][0]
+    del first
+    gc.collect()
+    mr = _mr(tmp_path)
+    second = engine.prepare(mr)
+    assert second.pixels is not None
+    assert second.pixels.__array_interface__["data"][0] == address, "the buffer was not reused"
+    assert len(second.pixels) == len(mr.images)
+    _assert_same(engine.inputs([second]), _official_inputs(official, [mr]))

@@ -98,10 +98,13 @@ def worker_main(
                 max_batch=settings.model.batch_size,
                 wait_seconds=settings.model.batch_wait_ms / 1000,
             )
-    # Each slot's task runs in its own process; the model answers them all from here.
-    server = EngineServer(engine)
-    tasks = TaskProcesses(server, slots, verbose=verbose, log_phi=settings.node.log_phi)
-    tasks.start()
+    # Each slot's task in a process of its own, the model answering them all from here;
+    # or, on a small machine, each on its slot's thread.
+    server = EngineServer(engine) if settings.node.uses_task_processes else None
+    tasks = None
+    if server is not None:
+        tasks = TaskProcesses(server, slots, verbose=verbose, log_phi=settings.node.log_phi)
+        tasks.start()
     ready.set()
     threads = [
         threading.Thread(
@@ -117,8 +120,9 @@ def worker_main(
         for thread in threads:
             thread.join()
     finally:
-        tasks.close()
-        server.close()
+        if tasks is not None and server is not None:
+            tasks.close()
+            server.close()
         wakeups.close()
         index.close()
 

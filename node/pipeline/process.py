@@ -29,6 +29,7 @@ from node.store.wakeup import JobWakeups
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+WORKER_NICENESS = 5
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -64,6 +65,9 @@ def worker_main(
 ) -> None:
     die_with_parent(parent_pid)
     keep_freed_memory()
+    # Receiving comes first: a PACS waits on every C-STORE, while a job can wait a moment.
+    # Only matters when the CPU is short, as on a small host while a CT is prepared.
+    os.nice(WORKER_NICENESS)
     configure_logging(verbose, log_phi=settings.node.log_phi)
     # Stop on SIGTERM (from the parent, or a service manager signalling the whole group)
     # after the job in hand; Ctrl-C in a terminal is the parent's to handle. The stop flag

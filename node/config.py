@@ -89,8 +89,7 @@ class NodeSettings(_Strict):
     data_dir: Path = Path("data")
     database_url: str | None = None  # None: SQLite file under data_dir
     stable_seconds: float = Field(default=10.0, gt=0)
-    # Completeness and queued jobs are acted on as they happen (wake-ups); this is only
-    # how long the watcher and the workers sleep at most in case one was missed.
+    # Events wake the watcher and workers; this is their longest sleep, a safety net.
     poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     # Empty list: any calling AE is accepted (logged); otherwise only these.
     allowed_peers: list[Peer] = Field(default_factory=list)
@@ -99,9 +98,8 @@ class NodeSettings(_Strict):
     max_attempts: int = Field(default=3, ge=1)  # model runs per job before it is failed
     retry_seconds: float = Field(default=30.0, gt=0)  # first wait after a failed run; doubles
     workers: int = Field(default=1, ge=1)
-    # Run each job slot's task in a process of its own (node.pipeline.offload), so the
-    # tasks' Python work runs on other cores than the model's process. "auto": when the
-    # machine has 4 or more cores; on fewer, the extra copying costs more than it frees.
+    # Each job slot's task in a process of its own (node.pipeline.offload); "auto": with
+    # 4 or more cores (on fewer, copying images between processes costs more than it frees).
     task_processes: bool | Literal["auto"] = "auto"
     # Append-only JSON lines of associations, studies received, model runs and deliveries;
     # a relative path is under data_dir; None: no audit trail.
@@ -203,8 +201,7 @@ class ModelSettings(_Strict):
     # into one generate call (1: one job at a time, no batching).
     batch_size: int = Field(default=1, ge=1, le=64)
     batch_wait_ms: float = Field(default=50.0, ge=0, le=5000)  # how long a batch waits to fill
-    # engine transformers: jobs read and prepared (images, pixel values) while the model
-    # answers others, so it never waits on the CPU; each holds one job's inputs in memory.
+    # engine transformers: jobs prepared while the model answers (each holds its inputs).
     prepare_ahead: int = Field(default=1, ge=0, le=16)
     # engine openai only, below.
     # Seconds without an answer before a request counts as failed: an 85-slice volume

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -25,7 +26,7 @@ from node.imaging.radiograph import radiograph_to_image
 from node.imaging.volume import series_to_volume_input
 from node.imaging.wsi import wsi_to_patches
 from node.inference.engine import TransformersEngine
-from node.inference.pixels import ModelPixels
+from node.inference.pixels import ModelPixels, _Buffers
 from node.inference.prompts import (
     chat_messages,
     cxr_localize_prompt,
@@ -166,3 +167,14 @@ def test_a_buffer_used_again_holds_only_the_new_prompts_values(
     assert second.pixels.__array_interface__["data"][0] == address, "the buffer was not reused"
     assert len(second.pixels) == len(mr.images)
     _assert_same(engine.inputs([second]), _official_inputs(official, [mr]))
+
+
+def test_the_buffer_pool_keeps_at_most_its_bound() -> None:
+    """Given back more buffers than it keeps, the pool lets the smallest go, so a worker's
+    memory stays bounded however many prompts it prepared."""
+    pool = _Buffers((8, 8))
+    for images in (1, 85, 2, 40, 1, 85, 3):
+        pool.give(np.zeros((images, 3, 8, 8), np.float32))
+    assert sorted(len(b) for b in pool._free) == [3, 40, 85, 85]
+    assert len(pool.take(60)) == 85  # the smallest that fits, at most twice the need
+    assert len(pool.take(1)) == 1  # nothing fits closely enough: a new one

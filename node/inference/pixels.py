@@ -209,8 +209,9 @@ class _Buffers:
     def give(self, buffer: np.ndarray) -> None:
         with self._lock:
             self._free.append(buffer)
-            if len(self._free) > self.KEEP:
-                self._free.remove(min(self._free, key=len))
+            if len(self._free) > self.KEEP:  # let the smallest go (by identity: arrays)
+                smallest = min(self._free, key=len)
+                self._free = [b for b in self._free if b is not smallest]
 
 
 def _flatten(images: Any) -> list[Any]:

@@ -31,7 +31,7 @@ import time
 from datetime import UTC
 from pathlib import Path
 
-from bench.machine import machine
+from bench.machine import machine, process_children
 from bench.pipeline import _model_path
 from fixtures.series import make_cr_study, make_ct_series
 from node.store.index import Index
@@ -62,31 +62,23 @@ def _machine_cpu_seconds() -> float:
 
 
 def _process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _tree_cpu(root: int) -> dict[str, float]:
     """CPU seconds of ``root`` and its descendants, by role: node, worker, task processes."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    roles: dict[str, float] = {}
-    for depth, pids in enumerate([[root], children.get(root, [])]):
-        for pid in pids:
-            role = ("node", "worker")[depth]
-            try:
-                roles[role] = roles.get(role, 0.0) + _process_cpu(pid)
-                for task in children.get(pid, []) if depth == 1 else []:
-                    roles["tasks"] = roles.get("tasks", 0.0) + _process_cpu(task)
-            except OSError:
-                continue
-    return roles
+    children = process_children()
+    workers = children.get(root, [])
+    roles = {
+        "node": [root],
+        "worker": workers,
+        "tasks": [task for worker in workers for task in children.get(worker, [])],
+    }
+    return {role: sum(map(_process_cpu, pids)) for role, pids in roles.items() if pids}
 
 
 def main() -> int:

@@ -35,7 +35,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from bench.machine import machine
+from bench.machine import machine, process_children
 from node.config import load_settings
 from node.store.index import Index
 from node.store.models import JobState
@@ -124,14 +124,7 @@ def _send_studies(sender: Sender, port: int, until: float, templates: dict[str, 
 
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
+    children = process_children()
     found, queue = [], [pid]
     while queue:
         current = queue.pop()

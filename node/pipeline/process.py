@@ -118,9 +118,9 @@ def worker_main(
             )
     # Each slot's task in a process of its own, the model answering them all from here;
     # or, on a small machine, each on its slot's thread.
-    server = EngineServer(engine) if settings.node.uses_task_processes else None
-    tasks = None
-    if server is not None:
+    server, tasks = None, None
+    if settings.node.uses_task_processes:
+        server = EngineServer(engine)
         tasks = TaskProcesses(server, slots, verbose=verbose, log_phi=settings.node.log_phi)
         tasks.start()
     ready.set()
@@ -138,8 +138,9 @@ def worker_main(
         for thread in threads:
             thread.join()
     finally:
-        if tasks is not None and server is not None:
+        if tasks is not None:
             tasks.close()
+        if server is not None:
             server.close()
         wakeups.close()
         index.close()

@@ -7,7 +7,7 @@ job queue (:mod:`node.store.jobs`) over the database (:mod:`node.store.database`
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -114,14 +114,14 @@ class Index(JobQueue):
                 conn,
                 Study,
                 meta.study_uid,
-                _values(meta, _STUDY_FIELDS)
+                lambda: _values(meta, _STUDY_FIELDS)
                 | {"state": StudyState.RECEIVING, "first_received": now, "last_received": now},
             )
             series_id = self._row_id(
                 conn,
                 Series,
                 meta.series_uid,
-                _values(meta, _SERIES_FIELDS)
+                lambda: _values(meta, _SERIES_FIELDS)
                 | {"study_id": study_id, "description": meta.series_description},
             )
             inserted = conn.execute(
@@ -165,15 +165,20 @@ class Index(JobQueue):
         return postgresql_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
 
     def _row_id(
-        self, conn: Connection, model: type[Study | Series], uid: str, values: dict[str, object]
+        self,
+        conn: Connection,
+        model: type[Study | Series],
+        uid: str,
+        values: Callable[[], dict[str, object]],
     ) -> int:
-        """The id of the study or series ``uid``, inserting it with ``values`` if new."""
+        """The id of the study or series ``uid``, inserting it with ``values()`` if new
+        (built only then: this runs for every instance received, while the sender waits)."""
         key = "study_uid" if model is Study else "series_uid"
         ids = self._study_ids if model is Study else self._series_ids
         cached = ids.get(uid)
         if cached is not None:
             return cached
-        conn.execute(self._insert_ignore(model, key).values(**values))
+        conn.execute(self._insert_ignore(model, key).values(**values()))
         return int(conn.scalar(select(model.id).where(getattr(model, key) == uid)) or 0)
 
     def file_results(self, job_id: int, results: Sequence[tuple[InstanceMeta, str]]) -> None:

@@ -151,6 +151,7 @@ class JobQueue(Database):
             expired = list(
                 s.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.lease_until < now))
             )
+            requeued = False
             for job in expired:
                 if job.attempts >= max_attempts:
                     job.state = JobState.FAILED
@@ -159,7 +160,9 @@ class JobQueue(Database):
                 else:
                     job.state = JobState.QUEUED
                     job.error = f"worker {job.worker} stopped during attempt {job.attempts}"
-                    self._queued(s)
+                    requeued = True
+            if requeued:
+                self._queued(s)
             return len(expired)
 
     def earlier_results(self, job: Job) -> list[str]:

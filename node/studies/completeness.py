@@ -141,6 +141,9 @@ class CompletenessWatcher:
                     self._pacs_down_logged = True
                 expected = None
             self.index.set_expected(study.id, expected)
+            # As set_expected wrote it: _due counts the next ask from this one, not from
+            # the row's older time (which would call for a second tick at once).
+            study.expected_checked = now
         else:
             expected = study.expected_instances
         if expected:

@@ -178,3 +178,18 @@ def test_the_buffer_pool_keeps_at_most_its_bound() -> None:
     assert sorted(len(b) for b in pool._free) == [3, 40, 85, 85]
     assert len(pool.take(60)) == 85  # the smallest that fits, at most twice the need
     assert len(pool.take(1)) == 1  # nothing fits closely enough: a new one
+
+
+@pytest.mark.parametrize(("level", "expected"), [(0, -1.0), (51, -0.6), (255, 1.0)])
+def test_pixel_values_are_the_recipe_s_by_hand(
+    engine: TransformersEngine, level: int, expected: float
+) -> None:
+    """../shared/MEDGEMMA.md: resize to 896×896 (bilinear), mean and std 0.5. A flat image
+    stays flat under a bilinear resize, so every value is (level / 255 − 0.5) / 0.5:
+    0 → −1, 51 → 2·51/255 − 1 = −0.6, 255 → 1."""
+    flat = Image.new("RGB", (300, 200), (level, level, level))
+    prepared = engine.prepare(cxr_report_prompt(flat))
+    assert prepared.pixels is not None
+    assert prepared.pixels.shape == (1, 3, 896, 896)
+    assert float(prepared.pixels.min()) == pytest.approx(expected, abs=1e-6)
+    assert float(prepared.pixels.max()) == pytest.approx(expected, abs=1e-6)

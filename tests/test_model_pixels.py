@@ -12,7 +12,6 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +25,7 @@ from node.imaging.radiograph import radiograph_to_image
 from node.imaging.volume import series_to_volume_input
 from node.imaging.wsi import wsi_to_patches
 from node.inference.engine import TransformersEngine
-from node.inference.pixels import ModelPixels, _Buffers
+from node.inference.pixels import ModelPixels
 from node.inference.prompts import (
     chat_messages,
     cxr_localize_prompt,
@@ -61,15 +60,15 @@ def _official_inputs(processor: object, prompts: list[Prompt]) -> dict[str, torc
 
 @pytest.fixture
 def fast_images(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many images each call of the fast path computed (a spy: it calls through)."""
+    """How many images each call of the fast path resized (a spy: it calls through)."""
     counts: list[int] = []
-    values = engine.pixels.values
+    resize = engine.pixels.resize
 
-    def counted(images: list[Image.Image], out: object = None) -> object:
+    def counted(images: list[Image.Image]) -> object:
         counts.append(len(images))
-        return values(images, out=out)
+        return resize(images)
 
-    monkeypatch.setattr(engine.pixels, "values", counted)
+    monkeypatch.setattr(engine.pixels, "resize", counted)
     return counts
 
 
@@ -151,33 +150,30 @@ def test_what_the_fast_path_does_not_cover_goes_to_the_processor(
     assert fast_images == []
 
 
-def test_a_buffer_used_again_holds_only_the_new_prompts_values(
+def test_the_values_buffer_used_again_holds_only_the_new_call_s_values(
     engine: TransformersEngine, official: object, tmp_path: Path
 ) -> None:
-    """Prepared pixel buffers are reused (a new 820 MB one costs seconds of page faults):
-    a smaller prompt prepared into a CT's old buffer gets exactly its own values."""
-    first = engine.prepare(_ct(tmp_path))
-    assert first.pixels is not None
-    address = first.pixels.__array_interface__["data"][0]
-    del first
+    """A model call's pixel values go into one buffer used again by the next call (a new
+    820 MB one costs seconds of page faults): a smaller prompt after a CT gets exactly its
+    own values in the CT's old buffer; while a call's values are still held, the next call
+    gets new memory and both stay right."""
+
+    def address(inputs: dict[str, torch.Tensor]) -> int:
+        return int(inputs["pixel_values"].data_ptr())
+
+    ct = engine.inputs([engine.prepare(_ct(tmp_path))])
+    first = address(ct)
+    del ct
     gc.collect()
     mr = _mr(tmp_path)
-    second = engine.prepare(mr)
-    assert second.pixels is not None
-    assert second.pixels.__array_interface__["data"][0] == address, "the buffer was not reused"
-    assert len(second.pixels) == len(mr.images)
-    _assert_same(engine.inputs([second]), _official_inputs(official, [mr]))
-
-
-def test_the_buffer_pool_keeps_at_most_its_bound() -> None:
-    """Given back more buffers than it keeps, the pool lets the smallest go, so a worker's
-    memory stays bounded however many prompts it prepared."""
-    pool = _Buffers((8, 8))
-    for images in (1, 85, 2, 40, 1, 85, 3):
-        pool.give(np.zeros((images, 3, 8, 8), np.float32))
-    assert sorted(len(b) for b in pool._free) == [3, 40, 85, 85]
-    assert len(pool.take(60)) == 85  # the smallest that fits, at most twice the need
-    assert len(pool.take(1)) == 1  # nothing fits closely enough: a new one
+    expected = _official_inputs(official, [mr])
+    held = engine.inputs([engine.prepare(mr)])
+    assert address(held) == first, "the values buffer was not used again"
+    _assert_same(held, expected)
+    again = engine.inputs([mr])
+    assert address(again) != first, "values still held were overwritten"
+    _assert_same(again, expected)
+    _assert_same(held, expected)
 
 
 @pytest.mark.parametrize(("level", "expected"), [(0, -1.0), (51, -0.6), (255, 1.0)])
@@ -189,7 +185,9 @@ def test_pixel_values_are_the_recipe_s_by_hand(
     0 → −1, 51 → 2·51/255 − 1 = −0.6, 255 → 1."""
     flat = Image.new("RGB", (300, 200), (level, level, level))
     prepared = engine.prepare(cxr_report_prompt(flat))
-    assert prepared.pixels is not None
-    assert prepared.pixels.shape == (1, 3, 896, 896)
-    assert float(prepared.pixels.min()) == pytest.approx(expected, abs=1e-6)
-    assert float(prepared.pixels.max()) == pytest.approx(expected, abs=1e-6)
+    assert prepared.resized is not None
+    assert prepared.resized.shape == (1, 896, 896, 3)
+    values = engine.inputs([prepared])["pixel_values"]
+    assert values.shape == (1, 3, 896, 896)
+    assert float(values.min()) == pytest.approx(expected, abs=1e-6)
+    assert float(values.max()) == pytest.approx(expected, abs=1e-6)

@@ -10,8 +10,12 @@ then a 256-entry table per channel built by running the processor's own ``rescal
 the GIL while it resizes). tests/test_model_pixels.py checks the result against the
 processor's own output, value for value, for chest, CT, MR and slide inputs.
 
-A job thread can compute a prompt's pixel values ahead (:meth:`ModelPixels.prepare`)
-while the model answers another job; the processor then takes them as they are.
+A job thread resizes a prompt's images ahead (:meth:`ModelPixels.prepare`) while the model
+answers another job, and keeps them as 8-bit pixels: a CT's 85 slices are 205 MB so, where
+their float32 values are 820 MB. The values are looked up when the prompt's turn at the
+model comes (about 2 ms an image), into one buffer used again from call to call: a fresh
+820 MB costs a page fault on each of its 200,000 pages when first written (0.6 s here,
+and up to 10 s when the virtual machine has to find the memory).
 
 Anything this path doesn't cover (pan-and-scan, another size or filter, an image that is
 not 8-bit RGB, a processor of another kind) goes to the processor unchanged.
@@ -49,11 +53,11 @@ _PER_CALL_SWITCHES = ("do_pan_and_scan", "do_convert_rgb")
 
 @dataclass(frozen=True)
 class PreparedPrompt:
-    """A prompt whose images' pixel values are computed already; None where the fast
-    path doesn't cover them (the processor then makes them when the prompt's turn comes)."""
+    """A prompt whose images are resized already; None where the fast path doesn't cover
+    them (the processor then makes their values when the prompt's turn comes)."""
 
     prompt: Prompt
-    pixels: np.ndarray | None  # (image, channel, row, column), float32
+    resized: np.ndarray | None  # (image, row, column, channel), uint8
 
 
 class ModelPixels:
@@ -72,8 +76,8 @@ class ModelPixels:
         self._pool = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 1, thread_name_prefix="pixels"
         )
-        self._local = threading.local()  # the prepared pixels the current call may use
-        self._buffers = _Buffers(self._size or (0, 0))
+        self._local = threading.local()  # the prepared images the current call may use
+        self._values = _ValuesBuffer(self._size or (0, 0))
 
     def __getattr__(self, name: str) -> Any:
         # Everything the processor asks of its image processor besides the call itself.
@@ -86,7 +90,7 @@ class ModelPixels:
         if not self._covers(flat, kwargs):
             answer: BatchFeature = self.slow(images, return_tensors=return_tensors, **kwargs)
             return answer
-        pixels = self._gather(flat)
+        pixels = self.values(self._gather(flat))
         return BatchFeature(
             data={
                 "pixel_values": torch.from_numpy(pixels) if return_tensors == "pt" else pixels,
@@ -96,24 +100,17 @@ class ModelPixels:
         )
 
     def prepare(self, prompt: Prompt) -> PreparedPrompt:
-        """The prompt with its pixel values, computed now (on the caller's thread)."""
+        """The prompt with its images resized, now (on the caller's thread)."""
         images = prompt.images
-        covered = self._covers(images, {})
-        if not covered:
-            return PreparedPrompt(prompt, None)
-        buffer = self._buffers.take(len(images))
-        prepared = PreparedPrompt(prompt, self.values(images, out=buffer))
-        # Back to the pool once the prompt is answered and let go of.
-        weakref.finalize(prepared, self._buffers.give, buffer)
-        return prepared
+        return PreparedPrompt(prompt, self.resize(images) if self._covers(images, {}) else None)
 
     @contextmanager
     def ready(self, prepared: Sequence[PreparedPrompt]) -> Iterator[None]:
-        """While the processor runs on these prompts, their prepared pixels stand in."""
+        """While the processor runs on these prompts, their resized images stand in."""
         self._local.rows = {
-            id(image): (item.pixels, row)
+            id(image): (item.resized, row)
             for item in prepared
-            if item.pixels is not None
+            if item.resized is not None
             for row, image in enumerate(item.prompt.images)
         }
         try:
@@ -122,7 +119,7 @@ class ModelPixels:
             self._local.rows = {}
 
     def _gather(self, images: list[Image.Image]) -> np.ndarray:
-        """The images' pixel values: prepared ones as they are, the rest computed now."""
+        """The images resized: prepared ones as they are, the rest resized now."""
         rows: dict[int, tuple[np.ndarray, int]] = getattr(self._local, "rows", {})
         found = [rows.get(id(image)) for image in images]
         first = found[0]
@@ -131,30 +128,36 @@ class ModelPixels:
         ):
             return first[0]  # one prepared prompt, all of its images in order: no copy
         missing = [image for image, f in zip(images, found, strict=True) if f is None]
-        computed = self.values(missing) if missing else None
-        if computed is not None and len(missing) == len(images):
-            return computed  # nothing prepared: no copy either
-        fresh = iter(computed if computed is not None else ())
+        resized = self.resize(missing) if missing else None
+        if resized is not None and len(missing) == len(images):
+            return resized
+        fresh = iter(resized if resized is not None else ())
         return np.stack([next(fresh) if f is None else f[0][f[1]] for f in found])
 
-    def values(self, images: Sequence[Image.Image], out: np.ndarray | None = None) -> np.ndarray:
-        """The images' pixel values (image, channel, row, column), float32, as the
-        processor makes them; written in place (into ``out``'s first rows when given),
+    def resize(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The images as the processor resizes them (image, row, column, channel), uint8,
         one image per thread."""
         assert self._size is not None
         width, height = self._size
-        if out is None:
-            out = np.empty((len(images), 3, height, width), dtype=np.float32)
-        rows = out[: len(images)]
+        out = np.empty((len(images), height, width, 3), dtype=np.uint8)
         started = time.perf_counter()
-        list(self._pool.map(self._one, images, rows))
-        seconds = time.perf_counter() - started
-        log.info("pixel values of %d image(s) in %.3f s", len(images), seconds)
-        return rows
+        list(self._pool.map(self._resize_one, images, out))
+        log.info("%d image(s) resized in %.3f s", len(images), time.perf_counter() - started)
+        return out
 
-    def _one(self, image: Image.Image, out: np.ndarray) -> None:
-        assert self._table is not None and self._size is not None
-        resized = np.asarray(image.resize(self._size, resample=self._resample, reducing_gap=None))
+    def values(self, resized: np.ndarray) -> np.ndarray:
+        """The pixel values (image, channel, row, column), float32, as the processor makes
+        them of these resized images: one table lookup per value."""
+        out = self._values.lend(len(resized))
+        list(self._pool.map(self._values_one, resized, out))
+        return out
+
+    def _resize_one(self, image: Image.Image, out: np.ndarray) -> None:
+        assert self._size is not None
+        out[...] = np.asarray(image.resize(self._size, resample=self._resample, reducing_gap=None))
+
+    def _values_one(self, resized: np.ndarray, out: np.ndarray) -> None:
+        assert self._table is not None
         for channel in range(3):
             np.take(self._table[channel], resized[..., channel], out=out[channel], mode="clip")
 
@@ -178,40 +181,30 @@ class ModelPixels:
         return np.ascontiguousarray(np.asarray(normal)[:, 0, :])
 
 
-class _Buffers:
-    """Pixel buffers used again. A new one for a CT (85 × 3 × 896², 820 MB) costs a page
-    fault on each of its 200,000 pages when first written (0.7 s of system time here, in a
-    virtual machine), where writing one used before costs 0.03 s."""
-
-    KEEP = 4  # the most kept while unused: the memory stays bounded
+class _ValuesBuffer:
+    """One float32 buffer for the pixel values of a model call, used again by the next:
+    the model takes one call at a time, so one is enough. While the values it lent are
+    still held (a caller keeping a call's tensors), the next call gets a new array."""
 
     def __init__(self, size: tuple[int, int]) -> None:
         self._width, self._height = size
-        self._free: list[np.ndarray] = []
+        self._buffer: np.ndarray | None = None
+        self._lent: weakref.ref[np.ndarray] | None = None
         self._lock = threading.Lock()
 
-    def take(self, images: int) -> np.ndarray:
-        """A buffer for at least ``images`` images: the smallest free one that fits and is
-        at most twice that (a radiograph taking a CT's buffer would leave the next CT to
-        fault in a new one)."""
-        with self._lock:
-            fits = [b for b in self._free if images <= len(b) <= 2 * images]
-            if fits:
-                chosen = min(fits, key=len)
-                self._free = [b for b in self._free if b is not chosen]
-                return chosen
-        # Plain anonymous memory: numpy asks for transparent huge pages on arrays this large,
-        # and faulting those in (with compaction) took 3 s a CT here against 0.7 s.
+    def lend(self, images: int) -> np.ndarray:
         shape = (images, 3, self._height, self._width)
-        memory = mmap.mmap(-1, int(np.prod(shape)) * 4)
-        return np.frombuffer(memory, dtype=np.float32).reshape(shape)
-
-    def give(self, buffer: np.ndarray) -> None:
         with self._lock:
-            self._free.append(buffer)
-            if len(self._free) > self.KEEP:  # let the smallest go (by identity: arrays)
-                smallest = min(self._free, key=len)
-                self._free = [b for b in self._free if b is not smallest]
+            if self._lent is not None and self._lent() is not None:
+                return np.empty(shape, dtype=np.float32)  # the last values are still in use
+            if self._buffer is None or len(self._buffer) < images:
+                # Plain anonymous memory: numpy asks for transparent huge pages on arrays
+                # this large, and faulting those in (with compaction) took 3 s a CT here.
+                memory = mmap.mmap(-1, int(np.prod(shape)) * 4)
+                self._buffer = np.frombuffer(memory, dtype=np.float32).reshape(shape)
+            view = self._buffer[:images]
+            self._lent = weakref.ref(view)
+            return view
 
 
 def _flatten(images: Any) -> list[Any]:

@@ -17,6 +17,7 @@ __all__ = [
     "character_set",
     "complete_deidentification",
     "evidence_header",
+    "evidence_reference",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ _TYPE2_PATIENT_STUDY_KEYWORDS = (
     "StudyTime",
     "ReferringPhysicianName",
 )
+
+_EVIDENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID")
 
 _PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData"})
 
@@ -66,6 +69,16 @@ def evidence_header(source: Dataset) -> Dataset:
             ", ".join(filled),
         )
     return header
+
+
+def evidence_reference(source: Dataset) -> Dataset:
+    """What highdicom reads of every source but the first: the four UIDs it files the
+    instance under in the evidence sequences (a copy of a whole header is 85 copies for
+    a CT)."""
+    reference = Dataset()
+    for keyword in _EVIDENCE_KEYWORDS:
+        setattr(reference, keyword, source[keyword].value)
+    return reference
 
 
 def complete_deidentification(sr: Dataset) -> None:

@@ -88,6 +88,7 @@ from node.results.sr import (
     character_set,
     complete_deidentification,
     evidence_header,
+    evidence_reference,
 )
 
 __all__ = ["build_measurement_report"]
@@ -216,7 +217,11 @@ def build_measurement_report(
         _insert_before_measurements(root, library)
     root.ContentSequence.append(_qualitative_evaluations(text_items))
     sr = Comprehensive3DSR(
-        evidence=[evidence_header(ds) for ds in [*sources, *distinct(prior_sources)]],
+        # highdicom takes the patient and study from the first; of the rest, UIDs.
+        evidence=[
+            evidence_header(first),
+            *map(evidence_reference, [*sources[1:], *distinct(prior_sources)]),
+        ],
         content=report,
         previous_versions=list(previous_versions) or None,
         series_instance_uid=hd.UID(series_instance_uid),

@@ -26,7 +26,7 @@ study (and patient) per round. One unmeasured warm-up round per study type and s
 the router for both (issue 15).
 
 Run: ``python -m bench.pipeline`` (``MEDGEMMA_TEST_MODEL`` reuses a built test model).
-Writes ``bench/results/pipeline.json``.
+Writes ``bench/results/pipeline.json`` and the node's log beside it.
 """
 
 from __future__ import annotations
@@ -335,12 +335,14 @@ def main() -> int:
         router.stop()
         target.stop()
         pacs.stop()
+        out = Path("bench") / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        if node.log_path.exists():
+            shutil.copy(node.log_path, out / "pipeline.log")  # each job's steps, timed
         shutil.rmtree(work, ignore_errors=True)
 
     report(results)
     met = all(result["ratio"] <= TARGET for result in results.values())
-    out = Path("bench") / "results"
-    out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(
         json.dumps(
             {

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom import config
 from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_windowing
 from pydicom.uid import generate_uid
 
 from fixtures.series import (
@@ -173,6 +174,31 @@ def test_window_and_sigmoid_are_pydicom_s() -> None:
     )
     row = np.asarray(sigmoid.image)[2, :, 0].tolist()
     assert row[2] == 128 and 0 < row[1] < 128 < row[3] < 255 and row == sorted(row)
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_window_through_a_table_of_levels_equals_pydicom_pixel_by_pixel(
+    function: str, signed: bool
+) -> None:
+    """With more pixels than levels the node windows each level once and looks pixels up;
+    every pixel must come out as pydicom's window applied to that pixel would make it."""
+    rng = np.random.default_rng(7)
+    low, high = (-1500, 2500) if signed else (0, 4095)
+    pixels = rng.integers(low, high + 1, (96, 128))
+    ds = _grey_image(pixels, WindowCenter=600, WindowWidth=1700, VOILUTFunction=function)
+    if signed:
+        ds.PixelRepresentation = 1
+        ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -24
+    values = pixels + -24
+    windowed = apply_windowing(values.astype(np.float64), ds, index=0)
+    with np.errstate(over="ignore"):
+        y_min, y_max = apply_windowing(np.array([-np.inf, np.inf]), ds, index=0)
+    expected = np.round(np.clip((windowed - y_min) / (y_max - y_min), 0, 1) * 255)
+    got = np.asarray(radiograph_to_image(ds).image)[16:112, :, 0]  # rows padded to square
+    assert np.array_equal(got, expected.astype(np.uint8))
+    assert len(np.unique(got)) > 100  # the window spreads the levels: a real comparison
 
 
 def test_multiple_windows_use_the_first() -> None:

@@ -151,15 +151,14 @@ def _greyscale_to_8bit(
     Returns the grey levels, the window applied (if one was) and which VOI was used.
     """
     padding = pixel_padding_mask(raw, ds)
-    values = apply_modality_lut(raw, ds)
 
     window: tuple[float, float] | None = None
-    scaled: np.ndarray | None = None  # float in [0, 1]
+    grey8: np.ndarray | None = None
     voi = "min_max"
     has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
     if "WindowCenter" in ds and "WindowWidth" in ds:
         try:
-            scaled = _apply_first_window(values, ds)
+            grey8 = _windowed_8bit(raw, ds)
             window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
             voi = "window"
             if has_lut:
@@ -169,14 +168,12 @@ def _greyscale_to_8bit(
             # fault; a VOI LUT or min–max still gives a usable image, and we say so.
             notes.append(f"window ignored ({exc})")
             logger.warning("radiograph %s: window ignored: %s", uid, exc)
-    if scaled is None and has_lut:
-        scaled = _apply_voi_lut_sequence(values, ds)
+    if grey8 is None and has_lut:
+        grey8 = _to_8bit(_apply_voi_lut_sequence(apply_modality_lut(raw, ds), ds))
         voi = "voi_lut_sequence"
-    if scaled is None:
-        scaled = _min_max(values, padding)
+    if grey8 is None:
+        grey8 = _to_8bit(_min_max(apply_modality_lut(raw, ds), padding))
 
-    # np.round (half to even) before the cast, as the container does.
-    grey8 = np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
     inverse_plut = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
     if monochrome1 or inverse_plut:
@@ -192,6 +189,29 @@ def _greyscale_to_8bit(
         # Padding is "no image here": black, whatever the polarity.
         grey8[padding] = 0
     return grey8, window, voi
+
+
+def _to_8bit(scaled: np.ndarray) -> np.ndarray:
+    """[0, 1] → 0–255: np.round (half to even) before the cast, as the container does."""
+    return np.asarray(np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def _windowed_8bit(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The Modality LUT, then the first window, in 8 bits. For integer pixels, through a
+    table of the stored levels between the image's minimum and maximum: the LUT, window,
+    rounding and cast are worked out once per level (4,096 for 12 bits) rather than per
+    pixel (3.6 million for a chest CR: 7 ms against 45), and every step is per value, so
+    each pixel comes out the same."""
+    if raw.dtype.kind in "iu" and raw.size:
+        low, high = int(raw.min()), int(raw.max())
+        if high - low < raw.size:
+            levels = np.arange(low, high + 1, dtype=raw.dtype)
+            table = _to_8bit(_apply_first_window(apply_modality_lut(levels, ds), ds))
+            if low == 0:
+                return np.asarray(np.take(table, raw))
+            wide = np.int64 if raw.itemsize >= 4 else np.int32  # no overflow in the offset
+            return np.asarray(np.take(table, np.subtract(raw, low, dtype=wide)))
+    return _to_8bit(_apply_first_window(apply_modality_lut(raw, ds), ds))
 
 
 def _apply_first_window(values: np.ndarray, ds: Dataset) -> np.ndarray:

@@ -73,6 +73,7 @@ class ModelPixels:
             getattr(image_processor, name, None) is value for name, value in _REQUIRED.items()
         ) and not getattr(image_processor, "do_pan_and_scan", False)
         self._table = self._value_table() if self.fast else None
+        self._same_table = self._table is not None and bool((self._table == self._table[0]).all())
         self._threads = threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="pixels")
         self._local = threading.local()  # the prepared images the current call may use
@@ -99,9 +100,13 @@ class ModelPixels:
         )
 
     def prepare(self, prompt: Prompt) -> PreparedPrompt:
-        """The prompt with its images resized, now (on the caller's thread)."""
+        """The prompt with its images resized, now, on the caller's thread: several jobs
+        prepare at once, and a chest image must not queue for the threads behind a CT's
+        85 slices (nor the model's next call behind either)."""
         images = prompt.images
-        return PreparedPrompt(prompt, self.resize(images) if self._covers(images, {}) else None)
+        if not self._covers(images, {}):
+            return PreparedPrompt(prompt, None)
+        return PreparedPrompt(prompt, self.resize(images, threads=False))
 
     @contextmanager
     def ready(self, prepared: Sequence[PreparedPrompt]) -> Iterator[None]:
@@ -133,14 +138,14 @@ class ModelPixels:
         fresh = iter(resized if resized is not None else ())
         return np.stack([next(fresh) if f is None else f[0][f[1]] for f in found])
 
-    def resize(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """The images as the processor resizes them (image, row, column, channel), uint8,
-        one image per thread."""
+    def resize(self, images: Sequence[Image.Image], *, threads: bool = True) -> np.ndarray:
+        """The images as the processor resizes them (image, row, column, channel), uint8:
+        one image per thread, or all on the caller's thread."""
         assert self._size is not None
         width, height = self._size
         out = np.empty((len(images), height, width, 3), dtype=np.uint8)
         started = time.perf_counter()
-        list(self._pool.map(self._resize_one, images, out))
+        list((self._pool.map if threads else map)(self._resize_one, images, out))
         log.info("%d image(s) resized in %.3f s", len(images), time.perf_counter() - started)
         return out
 
@@ -149,8 +154,8 @@ class ModelPixels:
         them of these resized images: one table lookup per value, a run of images per
         thread."""
         out = self._values.lend(len(resized))
-        # One numpy call per thread, not one per image: each call gives the GIL back and
-        # must win it again, which costs up to 5 ms when the job threads keep it busy.
+        # A run per thread, not an image per task: each call into numpy gives the GIL back
+        # and must win it again, up to 5 ms each while the job threads keep it busy.
         bounds = np.linspace(0, len(resized), min(self._threads, len(resized)) + 1).astype(int)
         runs = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
         list(self._pool.map(lambda run: self._look_up(resized[run], out[run]), runs))
@@ -162,12 +167,15 @@ class ModelPixels:
 
     def _look_up(self, resized: np.ndarray, out: np.ndarray) -> None:
         assert self._table is not None
-        planes = resized.transpose(0, 3, 1, 2)  # (image, channel, row, column), as ``out``
-        if (self._table == self._table[0]).all():  # Gemma 3: mean and std alike per channel
-            np.take(self._table[0], planes, out=out, mode="clip")
-            return
-        for channel in range(3):
-            np.take(self._table[channel], planes[:, channel], out=out[:, channel], mode="clip")
+        for image, values in zip(resized, out, strict=True):
+            planes = image.transpose(2, 0, 1)  # (channel, row, column), as ``values``
+            # One call per image: numpy turns the indices into a 64-bit copy first, 19 MB
+            # an image (the heap's to reuse) where a whole CT's would be 3 GB.
+            if self._same_table:  # Gemma 3: mean and std alike for every channel
+                np.take(self._table[0], planes, out=values, mode="clip")
+                continue
+            for channel in range(3):
+                np.take(self._table[channel], planes[channel], out=values[channel], mode="clip")
 
     def _covers(self, images: Sequence[Any], kwargs: dict[str, Any]) -> bool:
         if not self.fast or not images:

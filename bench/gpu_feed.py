@@ -98,7 +98,7 @@ def main() -> int:
         model,
         # PREPARE_AHEAD and TASK_PROCESSES (auto, true, false) try other settings.
         node={"stable_seconds": 1, "task_processes": _task_processes()},
-        model={"prepare_ahead": int(os.environ.get("PREPARE_AHEAD", "1"))},
+        model={"prepare_ahead": int(os.environ.get("PREPARE_AHEAD", "3"))},
         pacs={"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
         outputs=["sr"],
     )

@@ -202,7 +202,7 @@ class ModelSettings(_Strict):
     batch_size: int = Field(default=1, ge=1, le=64)
     batch_wait_ms: float = Field(default=50.0, ge=0, le=5000)  # how long a batch waits to fill
     # engine transformers: jobs prepared while the model answers (each holds its inputs).
-    prepare_ahead: int = Field(default=1, ge=0, le=16)
+    prepare_ahead: int = Field(default=3, ge=0, le=16)
     # engine openai only, below.
     # Seconds without an answer before a request counts as failed: an 85-slice volume
     # with 2000 new tokens on a busy server takes minutes, so this is generous.

@@ -186,7 +186,7 @@ def test_pixel_values_are_the_recipe_s_by_hand(
     flat = Image.new("RGB", (300, 200), (level, level, level))
     prepared = engine.prepare(cxr_report_prompt(flat))
     assert prepared.resized is not None
-    assert prepared.resized.shape == (1, 896, 896, 3)
+    assert [image.shape for image in prepared.resized] == [(896, 896, 3)]
     values = engine.inputs([prepared])["pixel_values"]
     assert values.shape == (1, 3, 896, 896)
     assert float(values.min()) == pytest.approx(expected, abs=1e-6)

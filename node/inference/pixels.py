@@ -57,7 +57,10 @@ class PreparedPrompt:
     them (the processor then makes their values when the prompt's turn comes)."""
 
     prompt: Prompt
-    resized: np.ndarray | None  # (image, row, column, channel), uint8
+    # One (row, column, channel) uint8 array an image: 2.4 MB each, which the allocator
+    # reuses, where one 205 MB block for a CT would be mapped afresh (a page fault per 4 KB)
+    # for every CT.
+    resized: tuple[np.ndarray, ...] | None
 
 
 class ModelPixels:
@@ -122,9 +125,9 @@ class ModelPixels:
         finally:
             self._local.rows = {}
 
-    def _gather(self, images: list[Image.Image]) -> np.ndarray:
+    def _gather(self, images: list[Image.Image]) -> tuple[np.ndarray, ...]:
         """The images resized: prepared ones as they are, the rest resized now."""
-        rows: dict[int, tuple[np.ndarray, int]] = getattr(self._local, "rows", {})
+        rows: dict[int, tuple[tuple[np.ndarray, ...], int]] = getattr(self._local, "rows", {})
         found = [rows.get(id(image)) for image in images]
         first = found[0]
         if first is not None and len(first[0]) == len(images) and all(
@@ -136,36 +139,39 @@ class ModelPixels:
         if resized is not None and len(missing) == len(images):
             return resized
         fresh = iter(resized if resized is not None else ())
-        return np.stack([next(fresh) if f is None else f[0][f[1]] for f in found])
+        return tuple(next(fresh) if f is None else f[0][f[1]] for f in found)
 
-    def resize(self, images: Sequence[Image.Image], *, threads: bool = True) -> np.ndarray:
-        """The images as the processor resizes them (image, row, column, channel), uint8:
+    def resize(
+        self, images: Sequence[Image.Image], *, threads: bool = True
+    ) -> tuple[np.ndarray, ...]:
+        """The images as the processor resizes them, (row, column, channel) uint8 each:
         one image per thread, or all on the caller's thread."""
-        assert self._size is not None
-        width, height = self._size
-        out = np.empty((len(images), height, width, 3), dtype=np.uint8)
         started = time.perf_counter()
-        list((self._pool.map if threads else map)(self._resize_one, images, out))
+        out = tuple((self._pool.map if threads else map)(self._resize_one, images))
         log.info("%d image(s) resized in %.3f s", len(images), time.perf_counter() - started)
         return out
 
-    def values(self, resized: np.ndarray) -> np.ndarray:
+    def values(self, resized: tuple[np.ndarray, ...]) -> np.ndarray:
         """The pixel values (image, channel, row, column), float32, as the processor makes
         them of these resized images: one table lookup per value, a run of images per
         thread."""
         out = self._values.lend(len(resized))
         # A run per thread, not an image per task: each call into numpy gives the GIL back
         # and must win it again, up to 5 ms each while the job threads keep it busy.
-        bounds = np.linspace(0, len(resized), min(self._threads, len(resized)) + 1).astype(int)
-        runs = [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
-        list(self._pool.map(lambda run: self._look_up(resized[run], out[run]), runs))
+        bounds = np.linspace(0, len(resized), min(self._threads, len(resized)) + 1)
+        starts = [int(bound) for bound in bounds]
+
+        def look_up(start: int, stop: int) -> None:
+            self._look_up(resized[start:stop], out[start:stop])
+
+        list(self._pool.map(look_up, starts[:-1], starts[1:]))
         return out
 
-    def _resize_one(self, image: Image.Image, out: np.ndarray) -> None:
+    def _resize_one(self, image: Image.Image) -> np.ndarray:
         assert self._size is not None
-        out[...] = np.asarray(image.resize(self._size, resample=self._resample, reducing_gap=None))
+        return np.asarray(image.resize(self._size, resample=self._resample, reducing_gap=None))
 
-    def _look_up(self, resized: np.ndarray, out: np.ndarray) -> None:
+    def _look_up(self, resized: tuple[np.ndarray, ...], out: np.ndarray) -> None:
         assert self._table is not None
         for image, values in zip(resized, out, strict=True):
             planes = image.transpose(2, 0, 1)  # (channel, row, column), as ``values``

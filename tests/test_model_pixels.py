@@ -64,9 +64,9 @@ def fast_images(engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> 
     counts: list[int] = []
     resize = engine.pixels.resize
 
-    def counted(images: list[Image.Image], *, threads: bool = True) -> object:
+    def counted(images: list[Image.Image]) -> object:
         counts.append(len(images))
-        return resize(images, threads=threads)
+        return resize(images)
 
     monkeypatch.setattr(engine.pixels, "resize", counted)
     return counts

@@ -23,13 +23,14 @@ not 8-bit RGB, a processor of another kind) goes to the processor unchanged.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import mmap
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,13 +104,12 @@ class ModelPixels:
         )
 
     def prepare(self, prompt: Prompt) -> PreparedPrompt:
-        """The prompt with its images resized, now, on the caller's thread: several jobs
-        prepare at once, and a chest image must not queue for the threads behind a CT's
-        85 slices (nor the model's next call behind either)."""
+        """The prompt with its images resized, now (by the caller's thread, with any of the
+        pool's that are free)."""
         images = prompt.images
         if not self._covers(images, {}):
             return PreparedPrompt(prompt, None)
-        return PreparedPrompt(prompt, self.resize(images, threads=False))
+        return PreparedPrompt(prompt, self.resize(images))
 
     @contextmanager
     def ready(self, prepared: Sequence[PreparedPrompt]) -> Iterator[None]:
@@ -141,31 +141,57 @@ class ModelPixels:
         fresh = iter(resized if resized is not None else ())
         return tuple(next(fresh) if f is None else f[0][f[1]] for f in found)
 
-    def resize(
-        self, images: Sequence[Image.Image], *, threads: bool = True
-    ) -> tuple[np.ndarray, ...]:
-        """The images as the processor resizes them, (row, column, channel) uint8 each:
-        one image per thread, or all on the caller's thread."""
+    def resize(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, ...]:
+        """The images as the processor resizes them, (row, column, channel) uint8 each."""
         started = time.perf_counter()
-        out = tuple((self._pool.map if threads else map)(self._resize_one, images))
+        out: list[np.ndarray | None] = [None] * len(images)
+
+        def resize_one(index: int) -> None:
+            out[index] = self._resize_one(images[index])
+
+        self._shared(len(images), resize_one)
         log.info("%d image(s) resized in %.3f s", len(images), time.perf_counter() - started)
-        return out
+        return tuple(image for image in out if image is not None)
 
     def values(self, resized: tuple[np.ndarray, ...]) -> np.ndarray:
         """The pixel values (image, channel, row, column), float32, as the processor makes
-        them of these resized images: one table lookup per value, a run of images per
-        thread."""
+        them of these resized images: one table lookup per value."""
         out = self._values.lend(len(resized))
-        # A run per thread, not an image per task: each call into numpy gives the GIL back
+        # Runs of images, not one task an image: each call into numpy gives the GIL back
         # and must win it again, up to 5 ms each while the job threads keep it busy.
-        bounds = np.linspace(0, len(resized), min(self._threads, len(resized)) + 1)
-        starts = [int(bound) for bound in bounds]
+        runs = min(self._threads, len(resized))
+        bounds = [int(bound) for bound in np.linspace(0, len(resized), runs + 1)]
 
-        def look_up(start: int, stop: int) -> None:
+        def look_up(run: int) -> None:
+            start, stop = bounds[run], bounds[run + 1]
             self._look_up(resized[start:stop], out[start:stop])
 
-        list(self._pool.map(look_up, starts[:-1], starts[1:]))
+        self._shared(runs, look_up)
         return out
+
+    def _shared(self, count: int, work: Callable[[int], None]) -> None:
+        """``work(0)`` … ``work(count - 1)``, by the caller and whichever pool threads are
+        free: the caller never waits in the pool's queue (a chest image behind a CT's 85
+        slices, the model's next call behind both), and an idle machine lends all its
+        cores."""
+        taken = itertools.count()
+        lock = threading.Lock()
+
+        def take_turns() -> None:
+            while True:
+                with lock:
+                    index = next(taken)
+                if index >= count:
+                    return
+                work(index)
+
+        helpers = [self._pool.submit(take_turns) for _ in range(min(self._threads, count) - 1)]
+        try:
+            take_turns()
+        finally:
+            for helper in helpers:
+                if not helper.cancel():  # started: it finishes the item in hand
+                    helper.result()  # and raises what it raised
 
     def _resize_one(self, image: Image.Image) -> np.ndarray:
         assert self._size is not None

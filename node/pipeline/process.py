@@ -29,7 +29,7 @@ from node.store.wakeup import JobWakeups
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-WORKER_NICENESS = 5
+WORKER_NICENESS = 10
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -6,8 +6,8 @@ and normalizes it in float32 with numpy: about 27 ms an image, 2.3 s for a CT's 
 slices. Only the resize mixes pixels; rescaling and normalizing map each 8-bit value to
 one float. So: the same PIL resize (same size, resampling filter and ``reducing_gap``),
 then a 256-entry table per channel built by running the processor's own ``rescale`` and
-``normalize`` on the values 0–255, and images resized on several threads (PIL lets go of
-the GIL while it resizes). tests/test_model_pixels.py checks the result against the
+``normalize`` on the values 0–255; the caller and any free pool threads share the images
+(PIL and numpy let go of the GIL while they work). tests/test_model_pixels.py checks the result against the
 processor's own output, value for value, for chest, CT, MR and slide inputs.
 
 A job thread resizes a prompt's images ahead (:meth:`ModelPixels.prepare`) while the model

@@ -10,6 +10,7 @@ and a batch of two.
 from __future__ import annotations
 
 import gc
+import threading
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,24 @@ def test_the_values_buffer_used_again_holds_only_the_new_call_s_values(
     assert address(again) != first, "values still held were overwritten"
     _assert_same(again, expected)
     _assert_same(held, expected)
+
+
+def test_a_prompt_is_prepared_while_every_pixel_thread_is_busy(
+    engine: TransformersEngine, official: object, tmp_path: Path
+) -> None:
+    """Resizing is shared between the calling thread and whichever pool threads are free:
+    with all of them held by other work (another job's CT), a prompt is still prepared, by
+    its caller alone, and its values are the processor's."""
+    pixels = engine.pixels
+    release = threading.Event()
+    holding = [pixels._pool.submit(release.wait) for _ in range(pixels._threads)]
+    try:
+        ct = _ct(tmp_path)
+        prepared = engine.prepare(ct)  # would wait forever if it queued behind the holders
+        assert not any(hold.done() for hold in holding), "the pool was busy all along"
+        _assert_same(engine.inputs([prepared]), _official_inputs(official, [ct]))
+    finally:
+        release.set()
 
 
 @pytest.mark.parametrize(("level", "expected"), [(0, -1.0), (51, -0.6), (255, 1.0)])

@@ -7,8 +7,9 @@ slices. Only the resize mixes pixels; rescaling and normalizing map each 8-bit v
 one float. So: the same PIL resize (same size, resampling filter and ``reducing_gap``),
 then a 256-entry table per channel built by running the processor's own ``rescale`` and
 ``normalize`` on the values 0–255; the caller and any free pool threads share the images
-(PIL and numpy let go of the GIL while they work). tests/test_model_pixels.py checks the result against the
-processor's own output, value for value, for chest, CT, MR and slide inputs.
+(PIL and numpy let go of the GIL while they work). tests/test_model_pixels.py checks the
+result against the processor's own output, value for value, for chest, CT, MR and slide
+inputs.
 
 A job thread resizes a prompt's images ahead (:meth:`ModelPixels.prepare`) while the model
 answers another job, and keeps them as 8-bit pixels: a CT's 85 slices are 205 MB so, where
@@ -151,7 +152,9 @@ class ModelPixels:
 
         self._shared(len(images), resize_one)
         log.info("%d image(s) resized in %.3f s", len(images), time.perf_counter() - started)
-        return tuple(image for image in out if image is not None)
+        done = tuple(image for image in out if image is not None)
+        assert len(done) == len(images), "every image is resized or the call raised"
+        return done
 
     def values(self, resized: tuple[np.ndarray, ...]) -> np.ndarray:
         """The pixel values (image, channel, row, column), float32, as the processor makes

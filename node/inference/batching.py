@@ -9,7 +9,7 @@ The queue is bounded: a thread submitting to a full queue waits, so a flood of s
 waits in the index (durable) rather than in memory. A batch that runs out of GPU memory is
 split in half and retried, and the batch size stays smaller from then on.
 
-Each request's CPU work (its pixel values, :meth:`TransformersEngine.prepare`) is done on
+Each request's CPU work (its images resized, :meth:`TransformersEngine.prepare`) is done by
 the submitting job's thread before it queues, so while the model answers one batch the
 next jobs are read and prepared: with more job threads than ``max_batch`` the model never
 waits on the CPU. The number of job threads bounds the inputs held in memory.

@@ -233,7 +233,7 @@ class TransformersEngine:
             logger.warning("\n%s", _test_model_banner(path))
 
     def prepare(self, prompt: Prompt) -> PreparedPrompt:
-        """The prompt's CPU work (its pixel values), done before its turn at the model."""
+        """The prompt's CPU work (its images resized), done before its turn at the model."""
         return self.pixels.prepare(prompt)
 
     def inputs(self, prompts: Sequence[Prompt | PreparedPrompt]) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 # The processor's switches this path reproduces, with the values it needs.
 _REQUIRED = {"do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True}
 _PER_CALL_SWITCHES = ("do_pan_and_scan", "do_convert_rgb")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -145,16 +147,9 @@ class ModelPixels:
     def resize(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, ...]:
         """The images as the processor resizes them, (row, column, channel) uint8 each."""
         started = time.perf_counter()
-        out: list[np.ndarray | None] = [None] * len(images)
-
-        def resize_one(index: int) -> None:
-            out[index] = self._resize_one(images[index])
-
-        self._shared(len(images), resize_one)
+        resized = tuple(self._shared(len(images), lambda index: self._resize_one(images[index])))
         log.info("%d image(s) resized in %.3f s", len(images), time.perf_counter() - started)
-        done = tuple(image for image in out if image is not None)
-        assert len(done) == len(images), "every image is resized or the call raised"
-        return done
+        return resized
 
     def values(self, resized: tuple[np.ndarray, ...]) -> np.ndarray:
         """The pixel values (image, channel, row, column), float32, as the processor makes
@@ -172,13 +167,14 @@ class ModelPixels:
         self._shared(runs, look_up)
         return out
 
-    def _shared(self, count: int, work: Callable[[int], None]) -> None:
-        """``work(0)`` … ``work(count - 1)``, by the caller and whichever pool threads are
-        free: the caller never waits in the pool's queue (a chest image behind a CT's 85
-        slices, the model's next call behind both), and an idle machine lends all its
+    def _shared(self, count: int, work: Callable[[int], _T]) -> list[_T]:
+        """``[work(0), …, work(count - 1)]``, done by the caller and whichever pool threads
+        are free: the caller never waits in the pool's queue (a chest image behind a CT's
+        85 slices, the model's next call behind both), and an idle machine lends all its
         cores."""
         taken = itertools.count()
         lock = threading.Lock()
+        results: dict[int, _T] = {}
 
         def take_turns() -> None:
             while True:
@@ -186,7 +182,7 @@ class ModelPixels:
                     index = next(taken)
                 if index >= count:
                     return
-                work(index)
+                results[index] = work(index)
 
         helpers = [self._pool.submit(take_turns) for _ in range(min(self._threads, count) - 1)]
         try:
@@ -195,6 +191,7 @@ class ModelPixels:
             for helper in helpers:
                 if not helper.cancel():  # started: it finishes the item in hand
                     helper.result()  # and raises what it raised
+        return [results[index] for index in range(count)]
 
     def _resize_one(self, image: Image.Image) -> np.ndarray:
         assert self._size is not None

@@ -5,7 +5,7 @@ the GIL: in the process that holds the model it could not keep pace with a GPU
 (bench/gpu_feed.py). So each job slot of a worker process has a task process that runs
 the task (node.pipeline.tasks); the task's ``engine.generate(prompt)`` is sent over a
 local socket to the worker, whose engine answers it (batched with other slots' requests,
-its pixel values prepared on the connection's thread while the model answers another).
+its images resized on the connection's thread while the model answers another).
 Saving, filing and delivering the results stay with the worker's job thread.
 
 A task process that dies (a decoder crash, the OOM killer) fails only the job it ran,

@@ -186,6 +186,7 @@ def test_window_through_a_table_of_levels_equals_pydicom_pixel_by_pixel(
     rng = np.random.default_rng(7)
     low, high = (-1500, 2500) if signed else (0, 4095)
     pixels = rng.integers(low, high + 1, (96, 128))
+    pixels[0, :3] = [624, 0, 1473]  # 600, −24 and 1449 after the rescale below
     ds = _grey_image(pixels, WindowCenter=600, WindowWidth=1700, VOILUTFunction=function)
     if signed:
         ds.PixelRepresentation = 1
@@ -199,6 +200,10 @@ def test_window_through_a_table_of_levels_equals_pydicom_pixel_by_pixel(
     got = np.asarray(radiograph_to_image(ds).image)[16:112, :, 0]  # rows padded to square
     assert np.array_equal(got, expected.astype(np.uint8))
     assert len(np.unique(got)) > 100  # the window spreads the levels: a real comparison
+    if function == "LINEAR":
+        # By hand (PS3.3 C.11.2.1.2.1, c = 600, w = 1700): ((x − 599.5) / 1699 + 0.5) · 255,
+        # rounded: 600 → 127.58 → 128; −24 → 33.92 → 34; 1449 → 255 (the top of the window).
+        assert got[0, :3].tolist() == [128, 34, 255]
 
 
 def test_multiple_windows_use_the_first() -> None:

@@ -53,7 +53,8 @@ def evidence_uids(ds: Dataset) -> list[str]:
 
 
 def library_uids(ds: Dataset) -> list[str]:
-    """SOP Instance UIDs of the TID 1600 image library's entries ([] without a library)."""
+    """SOP Instance UIDs of the TID 1600 image library's entries ([] without a library);
+    a group's shared descriptors are not entries."""
     libraries = [
         item
         for item in ds.ContentSequence
@@ -64,6 +65,7 @@ def library_uids(ds: Dataset) -> list[str]:
         for library in libraries
         for group in library.ContentSequence
         for image in group.ContentSequence
+        if image.ValueType == "IMAGE"
     ]
 
 

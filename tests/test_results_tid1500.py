@@ -360,6 +360,67 @@ def test_volume_slices_are_listed_and_referenced_per_finding(
     assert groups[0].source_images[0].referenced_sop_class_uid == ct[2].SOPClassUID
 
 
+def _library_groups(sr: Dataset) -> list[tuple[dict[str, object], list[str]]]:
+    """Each Image Library Group as (its descriptors by code meaning, its images' UIDs)."""
+    [library] = [
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImageLibrary.value
+    ]
+    out = []
+    for group in library.ContentSequence:
+        assert group.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImageLibraryGroup.value
+        shared: dict[str, object] = {}
+        images: list[str] = []
+        for item in group.ContentSequence:
+            if item.ValueType == "IMAGE":
+                assert item.RelationshipType == "CONTAINS"
+                assert "ContentSequence" not in item  # the group states what they share
+                images.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+                continue
+            assert item.RelationshipType == "HAS ACQ CONTEXT"
+            assert not images, "a group's descriptors come before its images (TID 1600 row 3)"
+            meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+            shared[meaning] = {
+                "CODE": lambda i: i.ConceptCodeSequence[0].CodeValue,
+                "NUM": lambda i: float(i.MeasuredValueSequence[0].NumericValue),
+                "TEXT": lambda i: i.TextValue,
+            }[item.ValueType](item)
+        out.append((shared, images))
+    return out
+
+
+def test_images_that_share_descriptors_are_one_library_group(
+    ct: list[Dataset], tmp_path: Path
+) -> None:
+    # A slice reconstructed on another matrix (a made-up 256² one) starts a second group.
+    other = Dataset()
+    other.update(ct[4])
+    other.Rows, other.Columns = 256, 256
+    sources = [*ct[:4], other, ct[5]]
+    path, _ = validated_report(build(sources, []), tmp_path)  # dciodvfy and PixelMed
+    uids = [str(ds.SOPInstanceUID) for ds in sources]
+    rows, columns = int(ct[0].Rows), int(ct[0].Columns)
+    assert _library_groups(pydicom.dcmread(path)) == [
+        (
+            {
+                "Modality": "CT",
+                "Pixel Data Rows": rows,
+                "Pixel Data Columns": columns,
+            },
+            [*uids[:4], uids[5]],
+        ),
+        (
+            {
+                "Modality": "CT",
+                "Pixel Data Rows": 256,
+                "Pixel Data Columns": 256,
+            },
+            [uids[4]],
+        ),
+    ]
+
+
 def test_frames_of_an_enhanced_ct_are_referenced_by_number(tmp_path: Path) -> None:
     path, _ = make_enhanced_ct(tmp_path / "ect", n_frames=5)
     [ect] = headers([path])

@@ -41,10 +41,14 @@ def _engine(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from node.pipeline.process import settle_long_lived_objects
     from node.service import NodeService, StartupError
 
     settings = _settings(args.config)
     service = NodeService(settings, verbose=args.verbose)
+    # The receiving process's 230,000 objects from its imports would otherwise be walked by
+    # every full collection (0.09 s, holding up C-STOREs and HTTP answers alike).
+    settle_long_lived_objects()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

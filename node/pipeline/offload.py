@@ -112,13 +112,19 @@ def _start(
     log_phi: bool,
     parent_pid: int,
 ) -> None:
-    from node.pipeline.process import die_with_parent
+    from node.pipeline.process import (
+        die_with_parent,
+        keep_freed_memory,
+        settle_long_lived_objects,
+    )
 
     die_with_parent(parent_pid)
+    keep_freed_memory()
     multiprocessing.current_process().name = f"tasks-of-{parent_pid}"  # in the log lines
     configure_logging(verbose, log_phi=log_phi)
     global _engine
     _engine = RemoteEngine(Client(address, authkey=authkey), label, is_test_model)
+    settle_long_lived_objects()  # the task code is imported by now
 
 
 def _started() -> int:

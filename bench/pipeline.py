@@ -57,8 +57,10 @@ QUIET_SECONDS = 1  # node.stable_seconds and Orthanc's StableAge (whole seconds 
 CT_SLICES = 300
 TARGET = 0.5
 # Orthanc notices a quiet study by polling (its stable check runs about once a second),
-# which spreads the router's CXR figure over ~1 s: more CXR rounds.
-ROUNDS = {"cxr": 21, "ct": 3}
+# which spreads the router's CXR figure over ~1 s: more CXR rounds. Five CT rounds: the
+# node's first CTs after a start still fault in memory (a virtual machine's slow pages),
+# and three let those decide the median.
+ROUNDS = {"cxr": 21, "ct": 5}
 POLL_SECONDS = 0.02
 RESULT_TIMEOUT = 240.0
 NODE_AET = "MEDGEMMA"

@@ -10,10 +10,14 @@ is given time to finish every job. Checked, and the run fails when one doesn't h
 - every study has exactly one job, done, with exactly one report;
 - the node's memory (resident set of the node and its worker processes, from /proc) and
   its open files at the end are within ``GROWTH`` of what they were after the first minute
-  of load (the model loaded, the first studies through): flat, not climbing.
+  of load (the model loaded, the first studies through): flat, not climbing;
+- a minute and more after the last job (``IDLE_SECONDS`` of the worker's), the node holds
+  no more memory than it did under load after that first minute: what the worker kept
+  for the next job is handed back once there is none.
 
 Figures: instances/s acknowledged over the run, studies, memory and open files at start
-and end. Run: ``python -m bench.soak [--seconds N]``; writes ``bench/results/soak.json``.
+and end, and once idle. Run: ``python -m bench.soak [--seconds N]``; writes
+``bench/results/soak.json``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pynetdicom import AE
 
 from bench.machine import machine, process_children
 from node.config import load_settings
+from node.pipeline.memory import IDLE_SECONDS
 from node.store.index import Index
 from node.store.models import JobState
 from node.testing.checkpoint import build_test_model
@@ -188,6 +193,8 @@ def main() -> int:
 
             wait_for(finished, timeout=1800, what="every study's job to finish", every=2.0)
             last = _usage(node.process.pid)
+            time.sleep(IDLE_SECONDS + 15)  # the worker's idle minute and its next check
+            idle = _usage(node.process.pid)
             acknowledged = {uid for s in senders for uid in s.acknowledged}
             missing = acknowledged - index.known_sop_uids()
             jobs = index.jobs()
@@ -209,6 +216,7 @@ def main() -> int:
             last["rss_mib"] <= GROWTH * first["rss_mib"]
             and last["open_files"] <= first["open_files"] + FD_SLACK
         )
+        handed_back = idle["rss_mib"] <= first["rss_mib"]
         report = {
             "machine": machine(),
             "senders": SENDERS,
@@ -221,12 +229,21 @@ def main() -> int:
             "studies_without_exactly_one_report": len(not_one),
             "after_warm_up": first,
             "at_end": last,
+            "after_idle": idle,
             "flat": flat,
+            "handed_back": handed_back,
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(report, indent=2))
-        ok = not missing and not not_one and not errors and flat and len(studies) >= 2 * SENDERS
+        ok = (
+            not missing
+            and not not_one
+            and not errors
+            and flat
+            and handed_back
+            and len(studies) >= 2 * SENDERS
+        )
         print("soak:", "PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:

@@ -41,7 +41,7 @@ def _engine(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from node.pipeline.process import settle_long_lived_objects
+    from node.pipeline.memory import settle_long_lived_objects
     from node.service import NodeService, StartupError
 
     settings = _settings(args.config)

@@ -112,11 +112,12 @@ def _start(
     log_phi: bool,
     parent_pid: int,
 ) -> None:
-    from node.pipeline.process import (
-        die_with_parent,
+    from node.pipeline.memory import (
         keep_freed_memory,
+        return_freed_memory_when_idle,
         settle_long_lived_objects,
     )
+    from node.pipeline.process import die_with_parent
 
     die_with_parent(parent_pid)
     keep_freed_memory()
@@ -125,6 +126,7 @@ def _start(
     global _engine
     _engine = RemoteEngine(Client(address, authkey=authkey), label, is_test_model)
     settle_long_lived_objects()  # the task code is imported by now
+    return_freed_memory_when_idle(threading.Event())  # until the process ends
 
 
 def _started() -> int:

@@ -11,7 +11,6 @@ model answers.
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import multiprocessing
 import os
@@ -22,6 +21,11 @@ from multiprocessing.synchronize import Event
 
 from node.config import Settings
 from node.logs import configure_logging
+from node.pipeline.memory import (
+    keep_freed_memory,
+    return_freed_memory_when_idle,
+    settle_long_lived_objects,
+)
 from node.pipeline.offload import EngineServer, TaskProcesses
 from node.pipeline.worker import Worker
 from node.store.index import Index
@@ -46,36 +50,6 @@ def die_with_parent(parent_pid: int) -> None:
             threading.Event().wait(1.0)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def keep_freed_memory() -> None:
-    """Let glibc reuse freed blocks of up to 32 MB instead of unmapping them: each model
-    image is resized into a new 3 MB PIL image, and mapping those afresh meant a page
-    fault per 4 KB page on every image, threads queueing on the kernel's lock. One
-    arena for all threads: a job runs on whichever slot's thread claimed it, and with
-    an arena each, memory the last CT freed sat in another thread's arena while this
-    one faulted in its own (0.5–1 s a CT's 85 windowed slices, on a virtual machine
-    that is slow to hand out pages)."""
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # noqa: N806 - glibc's names
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_ARENA_MAX, 1)
-        libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-        libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator's defaults stand
-
-
-def settle_long_lived_objects() -> None:
-    """Keep the collector's full passes off what stays for the process's life.
-
-    torch, transformers and the model leave half a million objects that every full
-    collection walks: 0.25 s holding the GIL, which a job paid at a random moment
-    (reading 300 headers makes enough objects to set one off). Frozen after loading,
-    they are never walked again; what jobs make is collected as before.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def worker_main(
@@ -135,6 +109,7 @@ def worker_main(
                 wait_seconds=settings.model.batch_wait_ms / 1000,
             )
     settle_long_lived_objects()
+    return_freed_memory_when_idle(stop)
     # Each slot's task in a process of its own, the model answering them all from here;
     # or, on a small machine, each on its slot's thread.
     server, tasks = None, None

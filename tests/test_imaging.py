@@ -164,6 +164,22 @@ def test_presentation_lut_inverse_inverts_once() -> None:
     assert np.asarray(plain.image)[0, :, 0].tolist() == [0, 255]
 
 
+def test_monochrome1_is_inverted_before_the_rounding() -> None:
+    """MEDGEMMA.md's order: window, MONOCHROME1 inverted, then np.round before the cast.
+    LINEAR_EXACT (PS3.3 C.11.2.1.3.2), c = 2, w = 4: x = 2 → ((2 − 2) / 4 + 0.5) × 255 =
+    127.5 exactly; inverted 255 − 127.5 = 127.5, rounded half to even: 128 (rounding first
+    would give 255 − 128 = 127). x = 0 → 0 → 255; x = 4 → 255 → 0."""
+    pixels = np.array([[0, 2, 4]])
+    exact = {"WindowCenter": 2, "WindowWidth": 4, "VOILUTFunction": "LINEAR_EXACT"}
+    mono1 = radiograph_to_image(_grey_image(pixels, "MONOCHROME1", **exact))
+    assert np.asarray(mono1.image)[1, :, 0].tolist() == [255, 128, 0]
+    mono2 = radiograph_to_image(_grey_image(pixels, **exact))
+    assert np.asarray(mono2.image)[1, :, 0].tolist() == [0, 128, 255]
+    # Without a window, min–max: 0, 1, 2 → 0, 127.5, 255; inverted 255, 127.5, 0 → 128.
+    stretched = radiograph_to_image(_grey_image(np.array([[0, 1, 2]]), "MONOCHROME1"))
+    assert np.asarray(stretched.image)[1, :, 0].tolist() == [255, 128, 0]
+
+
 def test_window_and_sigmoid_are_pydicom_s() -> None:
     pixels = np.array([[0, 1000, 2000, 3000, 65535]])
     linear = radiograph_to_image(_grey_image(pixels, WindowCenter=2000, WindowWidth=2000))

@@ -146,11 +146,21 @@ def pixel_padding_mask(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
 def _greyscale_to_8bit(
     raw: np.ndarray, ds: Dataset, uid: str, notes: list[str]
 ) -> tuple[np.ndarray, tuple[float, float] | None, str]:
-    """Modality LUT → VOI (first window / VOI LUT / min–max) → 8 bits, MONOCHROME1 inverted.
+    """Modality LUT → VOI (first window / VOI LUT / min–max) → MONOCHROME1 inverted →
+    ``np.round`` → 8 bits, in the container's order.
 
     Returns the grey levels, the window applied (if one was) and which VOI was used.
     """
     padding = pixel_padding_mask(raw, ds)
+    monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
+    inverse_plut = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
+    # MONOCHROME1: the minimum value is white. The model was trained on "bone is bright"
+    # images, so invert after the VOI, as a display would. MONOCHROME1 images carry
+    # PresentationLUTShape INVERSE for that same inversion (PS3.3 C.8.11.6), so it is one
+    # inversion, never two; on a MONOCHROME2 image INVERSE alone asks for it.
+    invert = monochrome1 or inverse_plut
+    if inverse_plut and not monochrome1:
+        notes.append("MONOCHROME2 with PresentationLUTShape INVERSE: inverted")
 
     window: tuple[float, float] | None = None
     grey8: np.ndarray | None = None
@@ -158,7 +168,7 @@ def _greyscale_to_8bit(
     has_lut = "VOILUTSequence" in ds and len(ds.VOILUTSequence) > 0
     if "WindowCenter" in ds and "WindowWidth" in ds:
         try:
-            grey8 = _windowed_8bit(raw, ds)
+            grey8 = _windowed_8bit(raw, ds, invert)
             window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
             voi = "window"
             if has_lut:
@@ -169,34 +179,28 @@ def _greyscale_to_8bit(
             notes.append(f"window ignored ({exc})")
             logger.warning("radiograph %s: window ignored: %s", uid, exc)
     if grey8 is None and has_lut:
-        grey8 = _to_8bit(_apply_voi_lut_sequence(apply_modality_lut(raw, ds), ds))
+        grey8 = _to_8bit(_apply_voi_lut_sequence(apply_modality_lut(raw, ds), ds), invert)
         voi = "voi_lut_sequence"
     if grey8 is None:
-        grey8 = _to_8bit(_min_max(apply_modality_lut(raw, ds), padding))
+        grey8 = _to_8bit(_min_max(apply_modality_lut(raw, ds), padding), invert)
 
-    monochrome1 = str(ds.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
-    inverse_plut = str(ds.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
-    if monochrome1 or inverse_plut:
-        # MONOCHROME1: the minimum value is white. The model was trained on
-        # "bone is bright" images, so invert after the VOI, as a display would.
-        # MONOCHROME1 images carry PresentationLUTShape INVERSE for that same
-        # inversion (PS3.3 C.8.11.6), so it is one inversion, never two; on a
-        # MONOCHROME2 image INVERSE alone asks for it.
-        grey8 = 255 - grey8
-        if inverse_plut and not monochrome1:
-            notes.append("MONOCHROME2 with PresentationLUTShape INVERSE: inverted")
     if padding is not None:
         # Padding is "no image here": black, whatever the polarity.
         grey8[padding] = 0
     return grey8, window, voi
 
 
-def _to_8bit(scaled: np.ndarray) -> np.ndarray:
-    """[0, 1] → 0–255: np.round (half to even) before the cast, as the container does."""
-    return np.asarray(np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8))
+def _to_8bit(scaled: np.ndarray, invert: bool = False) -> np.ndarray:
+    """[0, 1] → 0–255, inverted when asked, then np.round (half to even) before the cast, as
+    the container does: inverting after the rounding would move a value exactly half way
+    (127.5 → 128 → 127, where the container gives round(127.5) = 128)."""
+    grey = np.clip(scaled, 0.0, 1.0) * 255.0
+    if invert:
+        grey = 255.0 - grey
+    return np.asarray(np.round(grey).astype(np.uint8))
 
 
-def _windowed_8bit(raw: np.ndarray, ds: Dataset) -> np.ndarray:
+def _windowed_8bit(raw: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
     """The Modality LUT, then the first window, in 8 bits. For integer pixels, through a
     table of the stored levels between the image's minimum and maximum: the LUT, window,
     rounding and cast are worked out once per level (4,096 for 12 bits) rather than per
@@ -206,12 +210,12 @@ def _windowed_8bit(raw: np.ndarray, ds: Dataset) -> np.ndarray:
         low, high = int(raw.min()), int(raw.max())
         if high - low < raw.size:
             levels = np.arange(low, high + 1, dtype=raw.dtype)
-            table = _to_8bit(_apply_first_window(apply_modality_lut(levels, ds), ds))
+            table = _to_8bit(_apply_first_window(apply_modality_lut(levels, ds), ds), invert)
             if low == 0:
                 return np.asarray(np.take(table, raw))
             wide = np.int64 if raw.itemsize >= 4 else np.int32  # no overflow in the offset
             return np.asarray(np.take(table, np.subtract(raw, low, dtype=wide)))
-    return _to_8bit(_apply_first_window(apply_modality_lut(raw, ds), ds))
+    return _to_8bit(_apply_first_window(apply_modality_lut(raw, ds), ds), invert)
 
 
 def _apply_first_window(values: np.ndarray, ds: Dataset) -> np.ndarray:

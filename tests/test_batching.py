@@ -37,10 +37,10 @@ def test_concurrent_requests_share_a_batch_and_keep_their_answers(
     requests = [
         prompts.cxr_report_prompt(_image(1)),
         prompts.cxr_localize_prompt(_image(2), "opacity"),
-        prompts.cxr_report_prompt(_image(3), context="Cough and fever for three days."),
+        prompts.cxr_report_prompt(_image(3)),
     ]
-    report, localized, report_with_context = _answers(batching, requests)
-    assert report == report_with_context == REPORT_ANSWER
+    report, localized, second_report = _answers(batching, requests)
+    assert report == second_report == REPORT_ANSWER
     [box] = parse_boxes(localized)
     assert (box.y0, box.x0, box.y1, box.x1) == LOCALIZE_BOX
     assert batching.batches_run == [3]  # one generate call for the three

@@ -76,25 +76,36 @@ def test_run_writes_valid_srs_and_model_inputs(tmp_path: Path, test_model: Path)
     assert prompt.index("SLICE 1") < prompt.index("SLICE 12")
 
 
-def test_clinical_context_reaches_prompt_and_sr(tmp_path: Path, test_model: Path) -> None:
+def test_clinical_context_reaches_the_volume_question_not_the_chest_report(
+    tmp_path: Path, test_model: Path
+) -> None:
+    """The CT question takes the evaluation form with the indication; the chest report is
+    the quick-start prompt exactly, and its SR claims no context it didn't use."""
     config = _config(tmp_path, test_model)
-    cr = make_cr_study(tmp_path / "in", patient_id="CTX-1")
-    ds = dcmread(cr)
-    ds.ReasonForTheRequestedProcedure = "Fever and cough"
-    ds.save_as(cr, enforce_file_format=True)
+    cr = make_cr_study(tmp_path / "in" / "cr", patient_id="CTX-1")
+    ct = make_ct_series(tmp_path / "in" / "ct", n_slices=6, patient_id="CTX-2")
+    for path in [cr, *ct]:
+        ds = dcmread(path)
+        ds.ReasonForTheRequestedProcedure = "Fever and cough"
+        ds.save_as(path, enforce_file_format=True)
     out, saved = tmp_path / "out", tmp_path / "saved"
-    result = _run(cr, "--config", config, "--out", out, "--save-inputs", saved)
+    result = _run(tmp_path / "in", "--config", config, "--out", out, "--save-inputs", saved)
     assert result.returncode == 0, result.stderr[-3000:]
-    prompt = next(saved.rglob("prompt.txt")).read_text()
+    ct_inputs = next(saved.glob("*ct-volume"))
     assert (
         'After looking at the indication and patient history "Indication: Fever and cough.'
-        in prompt
+        in (ct_inputs / "prompt.txt").read_text()
     )
-    meta = json.loads(next(saved.rglob("meta.json")).read_text())
+    meta = json.loads((ct_inputs / "meta.json").read_text())
     assert meta["context_sources"][0] == "ReasonForTheRequestedProcedure"
-    sr = dcmread(next(out.rglob("*.dcm")))
-    texts = [str(element.value) for element in sr.iterall() if element.keyword == "TextValue"]
-    assert any("Fever and cough" in text for text in texts)
+    cr_inputs = next(saved.glob("*cxr-report"))
+    assert "After looking" not in (cr_inputs / "prompt.txt").read_text()
+    assert json.loads((cr_inputs / "meta.json").read_text())["context"] is None
+    by_study = {str(dcmread(p).StudyInstanceUID): p for p in out.rglob("*.dcm")}
+    ct_texts = _sr_texts(by_study[str(dcmread(ct[0]).StudyInstanceUID)])
+    cr_texts = _sr_texts(by_study[str(dcmread(cr).StudyInstanceUID)])
+    assert any("Fever and cough" in text for text in ct_texts)
+    assert not any("Fever and cough" in text for text in cr_texts)
 
 
 def _items(ds: Dataset) -> Iterator[Dataset]:

@@ -113,12 +113,9 @@ def test_engine_names_the_test_model(engine: TransformersEngine, test_model_dir:
     assert str(test_model_dir) in engine.label
 
 
-@pytest.mark.parametrize("context", [None, "Cough and fever for 3 days; former smoker."])
-def test_report_prompt_gives_the_fixed_report(
-    engine: TransformersEngine, context: str | None
-) -> None:
+def test_report_prompt_gives_the_fixed_report(engine: TransformersEngine) -> None:
     for image in _images():
-        answer = engine.generate(prompts.cxr_report_prompt(image, context=context))
+        answer = engine.generate(prompts.cxr_report_prompt(image))
         assert answer == REPORT_ANSWER
     sections = report_sections(answer)
     assert set(sections) == {"FINDINGS", "IMPRESSION"}
@@ -316,7 +313,7 @@ def test_lab_report_prompt_is_the_official_text_after_the_pages(
     prompt = prompts.lab_report_prompt(pages)
     official = (
         "You are a Clinical Data Extraction Specialist. Your job is to parse lab reports with "
-        "high precision.\nFrom the given lab report, extract all lab tests into a JSON list.\n"
+        "high precision. From the given lab report, extract all lab tests into a JSON list. "
         "Each test object in the list must include: name, result, unit, range, panel, method, "
         "specimen, sample_collection_time (formatted as DD-MM-YYYY HH:MM:SS)"
     )
@@ -331,12 +328,23 @@ def test_lab_report_prompt_is_the_official_text_after_the_pages(
 
 
 def test_report_prompt_folds_system_into_the_user_turn(engine: TransformersEngine) -> None:
-    prompt = prompts.cxr_report_prompt(_gradient(), context='history "quoted"\nsecond line')
+    prompt = prompts.cxr_report_prompt(_gradient())
     text = engine._processor.tokenizer.decode(engine.inputs([prompt])["input_ids"][0])
-    assert text.startswith("<bos><start_of_turn>user\nYou are an expert radiologist.\n\n\n\n")
+    assert text == (
+        "<bos><start_of_turn>user\nYou are an expert radiologist.\n\n\n\n<start_of_image>"
+        + "<image_soft_token>" * TOKENS_PER_IMAGE
+        + "<end_of_image>\n\nDescribe this X-ray.<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_context_stays_one_quoted_line(engine: TransformersEngine) -> None:
+    prompt = prompts.volume_prompt([_gradient()], "CT", context='history "quoted"\nsecond line')
+    text = engine._processor.tokenizer.decode(engine.inputs([prompt])["input_ids"][0])
     assert text.endswith(
         'After looking at the indication and patient history "history "quoted" second line"... '
-        "Describe this X-ray.<end_of_turn>\n<start_of_turn>model\n"
+        'Is there "any acute abnormality" in the CT volume? You may write out your argument '
+        'before stating your final answer "Final Answer: yes" or "Final Answer: no".'
+        "<end_of_turn>\n<start_of_turn>model\n"
     )
 
 
@@ -356,13 +364,17 @@ def test_engine_test_builds_the_test_model_once_and_deterministically(
     monkeypatch.setattr(engine_module, "build_test_model", refuse)
     again = load_engine(settings, tmp_path)
     assert again.generate(prompts.cxr_report_prompt(_gradient())) == REPORT_ANSWER
-    # A checkpoint an older release built (other fixed answers) is rebuilt, not served.
+    # A checkpoint an older release built (other fixed answers, or trained on other
+    # prompts) is rebuilt, not served.
     marker = built / MARKER_NAME
-    stale = json.loads(marker.read_text())
-    stale["answers"] = {**stale["answers"], "report": "an older release's answer"}
-    marker.write_text(json.dumps(stale))
-    with pytest.raises(AssertionError, match="rebuilt the test model"):
-        load_engine(settings, tmp_path)
+    current = json.loads(marker.read_text())
+    for key, stale in (
+        ("answers", {**current["answers"], "report": "an older release's answer"}),
+        ("prompts", "an older release's prompts"),
+    ):
+        marker.write_text(json.dumps({**current, key: stale}))
+        with pytest.raises(AssertionError, match="rebuilt the test model"):
+            load_engine(settings, tmp_path)
 
 
 def test_missing_medgemma_weights_stop_the_node_instead_of_the_test_model(tmp_path: Path) -> None:
@@ -443,22 +455,18 @@ def test_prompt_limits_are_enforced() -> None:
 
 def test_context_takes_the_evaluation_form() -> None:
     image = _gradient()
-    report = prompts.cxr_report_prompt(image, context="  Fever.\n Cough  for 3 days. ")
-    assert report.content == (
-        image,
-        'After looking at the indication and patient history "Fever. Cough for 3 days."... '
-        "Describe this X-ray.",
-    )
-    volume = prompts.volume_prompt([image], "CT", question=None, context="Abdominal pain")
-    assert volume.content[-1] == (
-        'After looking at the indication and patient history "Abdominal pain"... '
+    question = (
         'Is there "any acute abnormality" in the CT volume? You may write out your argument '
         'before stating your final answer "Final Answer: yes" or "Final Answer: no".'
     )
-    assert prompts.cxr_report_prompt(image, context=" \n").content == (
-        image,
-        "Describe this X-ray.",
+    volume = prompts.volume_prompt([image], "CT", context="  Fever.\n Cough  for 3 days. ")
+    assert volume.content[-1] == (
+        'After looking at the indication and patient history "Fever. Cough for 3 days."... '
+        + question
     )
+    assert prompts.volume_prompt([image], "CT", context=" \n").content[-1] == question
+    # The chest report is the quick-start prompt, with no place for a context.
+    assert prompts.cxr_report_prompt(image).content == (image, "Describe this X-ray.")
 
 
 def test_task_defaults_cover_every_task() -> None:

@@ -103,7 +103,7 @@ def _same_content(sent: Prompt, seen: Prompt) -> None:
 def test_chest_report_over_http_is_the_in_process_answer(
     server: OpenAIServer, in_process: TransformersEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
-    prompt = prompts.cxr_report_prompt(_noise(1, (640, 480)), context="Cough for 3 days.")
+    prompt = prompts.cxr_report_prompt(_noise(1, (640, 480)))
     engine = _engine(server, image_format="png")
     with caplog.at_level(logging.INFO, logger="node.inference.served"):
         answer = engine.generate(prompt)
@@ -153,7 +153,7 @@ def test_a_follow_up_sends_the_whole_conversation(
     first, second, third = _noise(11, (64, 48)), _noise(12, (56, 40), "RGB"), _noise(13)
     question = "Is there a pleural effusion?"
     prompt = (
-        prompts.cxr_report_prompt(first, context="Cough.")
+        prompts.cxr_report_prompt(first)
         .follow_up(REPORT_ANSWER, ["Compare with the prior:", second], 300)
         .follow_up("Stable.", [third, question], 50)
     )

@@ -90,14 +90,13 @@ WSI_TISSUE_PROCEDURE = "{tissue}, {procedure}:"
 # would steer the description.
 WSI_UNKNOWN = "unknown"
 
-# Lab reports: the technical report's extraction prompt (appendix B, table 11), the words
-# verbatim as MEDGEMMA.md quotes them. The table shows a line break (a run of spaces, as
-# in its other multi-line prompts) after each of the first two sentences; MEDGEMMA.md
-# flattens them to spaces. We keep the line breaks.
+# Lab reports: the technical report's extraction prompt (appendix B, table 11) exactly as
+# MEDGEMMA.md quotes it: one line, the sentences joined by single spaces. (An earlier
+# reading of the table's layout put line breaks after the first two sentences.)
 LAB_REPORT_PROMPT = (
     "You are a Clinical Data Extraction Specialist. Your job is to parse lab reports with "
-    "high precision.\n"
-    "From the given lab report, extract all lab tests into a JSON list.\n"
+    "high precision. "
+    "From the given lab report, extract all lab tests into a JSON list. "
     "Each test object in the list must include: name, result, unit, range, panel, method, "
     "specimen, sample_collection_time (formatted as DD-MM-YYYY HH:MM:SS)"
 )
@@ -134,14 +133,17 @@ def _with_context(text: str, context: str | None) -> str:
 
 
 def cxr_report_prompt(
-    image: Image.Image,
-    *,
-    context: str | None = None,
-    max_new_tokens: int = REPORT_MAX_NEW_TOKENS,
+    image: Image.Image, *, max_new_tokens: int = REPORT_MAX_NEW_TOKENS
 ) -> Prompt:
-    """The quick-start report prompt: system role, the image, then the instruction."""
-    instruction = _with_context(REPORT_INSTRUCTION, context)
-    return Prompt(system=REPORT_SYSTEM, content=(image, instruction), max_new_tokens=max_new_tokens)
+    """The quick-start report prompt exactly: system role, the image, then the instruction.
+
+    No clinical context: the recipe's report prompt has none (the evaluation form that
+    carries it is the volumes' question), and a prefix the model wasn't shown for reports
+    is a different, untested prompt.
+    """
+    return Prompt(
+        system=REPORT_SYSTEM, content=(image, REPORT_INSTRUCTION), max_new_tokens=max_new_tokens
+    )
 
 
 def volume_finding_question(finding: str, modality: VolumeModality) -> str:

@@ -61,6 +61,7 @@ from node.testing.processor import (
     token_id,
 )
 from node.testing.training import train, training_examples
+from node.testing.training_data import prompts_fingerprint
 
 __all__ = [
     "ANSWERS",
@@ -100,7 +101,8 @@ def is_test_model(path: Path) -> bool:
 
 
 def is_current_test_model(path: Path) -> bool:
-    """True if ``path`` is a test checkpoint trained on this release's fixed answers.
+    """True if ``path`` is a test checkpoint trained on this release's prompts and fixed
+    answers.
 
     An older node's checkpoint answers the old prompts; the node rebuilds it rather than
     let an upgrade run a model that no longer fits what it asks.
@@ -111,7 +113,7 @@ def is_current_test_model(path: Path) -> bool:
         marker = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return bool(marker.get("answers") == ANSWERS)
+    return bool(marker.get("answers") == ANSWERS and marker.get("prompts") == prompts_fingerprint())
 
 
 def build_test_model(out_dir: Path, *, seed: int = 0) -> Path:
@@ -126,7 +128,9 @@ def build_test_model(out_dir: Path, *, seed: int = 0) -> Path:
     _seed_everything(seed)
     processor = build_processor()
     model = _build_model(processor)
-    examples = training_examples(processor, random.Random(seed), count_per_task=12)
+    # 16 prompts a task: with 12 the answers did not carry over to a slide of 8 real-looking
+    # patches (it gave the lab answer), though every training and held-out prompt passed.
+    examples = training_examples(processor, random.Random(seed), count_per_task=16)
     held_out = training_examples(processor, random.Random(seed + 1), count_per_task=2)
     train(model, examples, held_out)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
@@ -227,5 +231,6 @@ def _write_marker(directory: Path, seed: int) -> None:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "answers": ANSWERS,
+        "prompts": prompts_fingerprint(),
     }
     write_atomically(directory / MARKER_NAME, json.dumps(marker, indent=2) + "\n")

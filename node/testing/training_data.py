@@ -7,6 +7,7 @@ can't hang on an image or a wording. No torch here.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator
 
@@ -100,7 +101,7 @@ def _random_context(rng: random.Random) -> str | None:
 def task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]]:
     for _ in range(count):
         yield (
-            prompts.cxr_report_prompt(_random_image(rng), context=_random_context(rng)),
+            prompts.cxr_report_prompt(_random_image(rng)),
             REPORT_ANSWER,
         )
     for index in range(count):
@@ -139,3 +140,15 @@ def task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]]
             comparison, LONGITUDINAL_ANSWER, prior_report=prior_report, context=_random_context(rng)
         )
         yield follow_up, VERDICTS_ANSWER
+
+
+def prompts_fingerprint() -> str:
+    """Changes whenever what the node asks changes (a prompt's words, what a task's prompt
+    holds), so that a test model trained on other prompts is rebuilt, not run."""
+    digest = hashlib.sha256()
+    for text in tokenizer_corpus():
+        digest.update(text.encode())
+    for prompt, answer in task_prompts(random.Random(0), 1):
+        digest.update(prompt.text.encode())
+        digest.update(answer.encode())
+    return digest.hexdigest()[:16]

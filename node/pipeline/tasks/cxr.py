@@ -63,8 +63,6 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     """A report on the frontal image (a comparison when the patient's prior can be had),
     its findings localized, as a TID 1500 report with a GSPS and a burned-in capture."""
     ds, radiograph, notes = _frontal_radiograph(job)
-    context = clinical_context(ds)
-    context_text = context.text if context else None
     prior = job.priors.find(ds) if job.priors is not None else None
     prior_radiograph = None
     if prior is not None and prior.image is not None:
@@ -72,6 +70,10 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
             prior_radiograph = radiograph_to_image(prior.image)
         except ImagingError as e:
             notes.append(f"prior image unusable, single-study report: {e}")
+    # The quick-start report prompt carries no clinical context; only the node's own
+    # verdict turn of a comparison asks with it.
+    context = clinical_context(ds) if prior_radiograph is not None else None
+    context_text = context.text if context else None
     meta: dict[str, object] = {
         "task": job.task.value,
         "sop_instance_uid": str(ds.SOPInstanceUID),
@@ -87,9 +89,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
     prior_sources: list[Dataset] = []
     task = job.task.value
     if prior is None or prior.image is None or prior_radiograph is None:
-        prompt = cxr_report_prompt(
-            radiograph.image, context=context_text, max_new_tokens=job.token_limit
-        )
+        prompt = cxr_report_prompt(radiograph.image, max_new_tokens=job.token_limit)
         report = generate(engine, prompt, job.save_inputs, meta=meta)
         sections = report_sections(report)
         narrative = sections.get("FINDINGS") or report

@@ -101,10 +101,15 @@ def test_clinical_context_reaches_the_volume_question_not_the_chest_report(
     cr_inputs = next(saved.glob("*cxr-report"))
     assert "After looking" not in (cr_inputs / "prompt.txt").read_text()
     assert json.loads((cr_inputs / "meta.json").read_text())["context"] is None
-    by_study = {str(dcmread(p).StudyInstanceUID): p for p in out.rglob("*.dcm")}
-    ct_texts = _sr_texts(by_study[str(dcmread(ct[0]).StudyInstanceUID)])
-    cr_texts = _sr_texts(by_study[str(dcmread(cr).StudyInstanceUID)])
+    reports = {
+        str(ds.StudyInstanceUID): p
+        for p in out.rglob("*.dcm")
+        if (ds := dcmread(p)).SOPClassUID == Comprehensive3DSRStorage
+    }
+    ct_texts = _sr_texts(reports[str(dcmread(ct[0]).StudyInstanceUID)])
+    cr_texts = _sr_texts(reports[str(dcmread(cr).StudyInstanceUID)])
     assert any("Fever and cough" in text for text in ct_texts)
+    assert any("No acute cardiopulmonary abnormality" in text for text in cr_texts)
     assert not any("Fever and cough" in text for text in cr_texts)
 
 

@@ -169,12 +169,18 @@ def test_monochrome1_is_inverted_before_the_rounding() -> None:
     LINEAR_EXACT (PS3.3 C.11.2.1.3.2), c = 2, w = 4: x = 2 → ((2 − 2) / 4 + 0.5) × 255 =
     127.5 exactly; inverted 255 − 127.5 = 127.5, rounded half to even: 128 (rounding first
     would give 255 − 128 = 127). x = 0 → 0 → 255; x = 4 → 255 → 0."""
-    pixels = np.array([[0, 2, 4]])
     exact = {"WindowCenter": 2, "WindowWidth": 4, "VOILUTFunction": "LINEAR_EXACT"}
-    mono1 = radiograph_to_image(_grey_image(pixels, "MONOCHROME1", **exact))
+    # Three pixels are windowed one by one (row 1 of the padded 3×3) ...
+    mono1 = radiograph_to_image(_grey_image(np.array([[0, 2, 4]]), "MONOCHROME1", **exact))
     assert np.asarray(mono1.image)[1, :, 0].tolist() == [255, 128, 0]
-    mono2 = radiograph_to_image(_grey_image(pixels, **exact))
+    mono2 = radiograph_to_image(_grey_image(np.array([[0, 2, 4]]), **exact))
     assert np.asarray(mono2.image)[1, :, 0].tolist() == [0, 128, 255]
+    # ... five, more pixels than levels (0…4), through the table of levels (row 2 of 5×5).
+    pixels = np.array([[0, 2, 4, 2, 2]])
+    mono1 = radiograph_to_image(_grey_image(pixels, "MONOCHROME1", **exact))
+    assert np.asarray(mono1.image)[2, :, 0].tolist() == [255, 128, 0, 128, 128]
+    mono2 = radiograph_to_image(_grey_image(pixels, **exact))
+    assert np.asarray(mono2.image)[2, :, 0].tolist() == [0, 128, 255, 128, 128]
     # Without a window, min–max: 0, 1, 2 → 0, 127.5, 255; inverted 255, 127.5, 0 → 128.
     stretched = radiograph_to_image(_grey_image(np.array([[0, 1, 2]]), "MONOCHROME1"))
     assert np.asarray(stretched.image)[1, :, 0].tolist() == [255, 128, 0]

@@ -370,7 +370,7 @@ def test_engine_test_builds_the_test_model_once_and_deterministically(
     current = json.loads(marker.read_text())
     for key, stale in (
         ("answers", {**current["answers"], "report": "an older release's answer"}),
-        ("prompts", "an older release's prompts"),
+        ("training", "trained on an older release's prompts"),
     ):
         marker.write_text(json.dumps({**current, key: stale}))
         with pytest.raises(AssertionError, match="rebuilt the test model"):

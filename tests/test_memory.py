@@ -13,7 +13,8 @@ import sys
 import pytest
 
 # 400 blocks of 1 MB, each under the 32 MB size that would get its own mapping, so they
-# live in the heap that glibc keeps (the trim threshold is 1 GB) until malloc_trim.
+# live in glibc's heap; freed, they stay there (under the 1 GB trim threshold) until
+# malloc_trim hands them back.
 _SCRIPT = """
 import json, threading, time
 from node.pipeline.memory import (
@@ -23,7 +24,6 @@ from node.pipeline.memory import (
 keep_freed_memory()
 start = _resident_mib()
 blocks = [bytes([n % 251]) * (1024 * 1024) for n in range(400)]
-pinned = bytes(100)  # above the blocks: freeing them leaves a hole, not a shrinkable top
 filled = _resident_mib()
 del blocks
 freed = _resident_mib()

@@ -63,6 +63,9 @@ def test_current_study_is_compared_with_the_prior(
     index = Index(load_settings(config_path).node.resolved_database_url)
     try:
         current, prior = make_prior_pair(tmp_path / "studies", patient_id="PRIOR-E2E")
+        with_reason = dcmread(current)
+        with_reason.ReasonForTheRequestedProcedure = "Follow-up of pneumonia"
+        with_reason.save_as(current, enforce_file_format=True)
         unrelated = make_unrelated_same_name(tmp_path / "studies", same_name_as="PRIOR-E2E")
         prior_uid = str(dcmread(prior, stop_before_pixels=True).StudyInstanceUID)
         current_uid = str(dcmread(current, stop_before_pixels=True).StudyInstanceUID)
@@ -110,3 +113,12 @@ def test_current_study_is_compared_with_the_prior(
     )
     verdicts = (inputs / "verdicts" / "prompt.txt").read_text()
     assert "FINDINGS:" in verdicts and "Improved, Stable or Worsened" in verdicts
+    # The clinical context goes with the node's own verdict question only, and every
+    # record of the job says so: the notebook's turn had none.
+    asked = 'After looking at the indication and patient history "Indication: Follow-up of '
+    assert asked in verdicts
+    assert meta["context"] is None
+    verdict_meta = json.loads((inputs / "verdicts" / "meta.json").read_text())
+    assert verdict_meta["context"].startswith("Indication: Follow-up of pneumonia.")
+    assert record["context"] == verdict_meta["context"]
+    assert any("Follow-up of pneumonia" in t for t in texts)

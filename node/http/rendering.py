@@ -27,7 +27,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from node.http.media import ImageType
 from node.http.wado import NoSuchData, StoredFileMissing
 from node.imaging.multiframe import frame_attributes, is_multiframe
-from node.imaging.radiograph import pixel_padding_mask
+from node.imaging.radiograph import pixel_padding_mask, to_8bit
 from node.store.catalog_records import InstanceRecord
 
 __all__ = [
@@ -267,10 +267,10 @@ def _grey8(raw: np.ndarray, header: Dataset, index: int, asked: Window | None) -
         low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
         span = high - low
         scaled = (values.astype(np.float64) - low) / span if span > 0 else np.zeros(values.shape)
-    grey = np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     inverse = str(header.get("PresentationLUTShape", "")).strip().upper() == "INVERSE"
-    if str(header.PhotometricInterpretation).strip().upper() == "MONOCHROME1" or inverse:
-        grey = 255 - grey  # the minimum is white: one inversion, whichever says so
+    monochrome1 = str(header.PhotometricInterpretation).strip().upper() == "MONOCHROME1"
+    # The minimum is white: one inversion, whichever says so.
+    grey = to_8bit(scaled, invert=monochrome1 or inverse)
     if padding is not None:
         grey[padding] = 0
     return np.asarray(grey)

@@ -179,10 +179,10 @@ def _greyscale_to_8bit(
             notes.append(f"window ignored ({exc})")
             logger.warning("radiograph %s: window ignored: %s", uid, exc)
     if grey8 is None and has_lut:
-        grey8 = _to_8bit(_apply_voi_lut_sequence(apply_modality_lut(raw, ds), ds), invert)
+        grey8 = to_8bit(_apply_voi_lut_sequence(apply_modality_lut(raw, ds), ds), invert)
         voi = "voi_lut_sequence"
     if grey8 is None:
-        grey8 = _to_8bit(_min_max(apply_modality_lut(raw, ds), padding), invert)
+        grey8 = to_8bit(_min_max(apply_modality_lut(raw, ds), padding), invert)
 
     if padding is not None:
         # Padding is "no image here": black, whatever the polarity.
@@ -190,10 +190,11 @@ def _greyscale_to_8bit(
     return grey8, window, voi
 
 
-def _to_8bit(scaled: np.ndarray, invert: bool = False) -> np.ndarray:
-    """[0, 1] → 0–255, inverted when asked, then np.round (half to even) before the cast, as
-    the container does: inverting after the rounding would move a value exactly half way
-    (127.5 → 128 → 127, where the container gives round(127.5) = 128)."""
+def to_8bit(scaled: np.ndarray, invert: bool = False) -> np.ndarray:
+    """[0, 1] → 0–255, inverted when asked, then np.round (half to even) before the cast,
+    as the container does (the node's rendered images take the same step): inverting
+    after the rounding would move a value exactly half way (127.5 → 128 → 127, where the
+    container gives round(127.5) = 128)."""
     grey = np.clip(scaled, 0.0, 1.0) * 255.0
     if invert:
         grey = 255.0 - grey
@@ -210,12 +211,12 @@ def _windowed_8bit(raw: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
         low, high = int(raw.min()), int(raw.max())
         if high - low < raw.size:
             levels = np.arange(low, high + 1, dtype=raw.dtype)
-            table = _to_8bit(_apply_first_window(apply_modality_lut(levels, ds), ds), invert)
+            table = to_8bit(_apply_first_window(apply_modality_lut(levels, ds), ds), invert)
             if low == 0:
                 return np.asarray(np.take(table, raw))
             wide = np.int64 if raw.itemsize >= 4 else np.int32  # no overflow in the offset
             return np.asarray(np.take(table, np.subtract(raw, low, dtype=wide)))
-    return _to_8bit(_apply_first_window(apply_modality_lut(raw, ds), ds), invert)
+    return to_8bit(_apply_first_window(apply_modality_lut(raw, ds), ds), invert)
 
 
 def _apply_first_window(values: np.ndarray, ds: Dataset) -> np.ndarray:

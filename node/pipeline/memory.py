@@ -13,7 +13,9 @@ import time
 
 log = logging.getLogger(__name__)
 
-# A worker that has used under this share of a core for IDLE_SECONDS has no job in hand.
+# A process that has used under this share of a core for IDLE_SECONDS is idle: no job is
+# being prepared or run on its CPU. (A job waiting that long on a served model or the PACS
+# looks idle too; it then only pays the fault-in again.)
 IDLE_CPU_SHARE = 0.05
 IDLE_SECONDS = 60.0
 _CHECK_EVERY = 5.0
@@ -61,7 +63,9 @@ def return_freed_memory_when_idle(
 
     Kept while jobs flow (the next CT reuses the last one's gigabyte instead of faulting
     it in), a busy hour's memory would otherwise stay with an idle node all night. Idle
-    is judged by the process's own CPU time, so no job code has to report to it.
+    is judged by the process's own CPU time, so no job code has to report to it. The
+    cost: the first CT after an idle minute faults its memory in again (about 1 s more on
+    the development VM, whose page faults are slow).
     """
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None)

@@ -119,8 +119,8 @@ def _start(
     )
     from node.pipeline.process import die_with_parent
 
+    keep_freed_memory()  # before any thread: a thread's first allocation takes an arena
     die_with_parent(parent_pid)
-    keep_freed_memory()
     multiprocessing.current_process().name = f"tasks-of-{parent_pid}"  # in the log lines
     configure_logging(verbose, log_phi=log_phi)
     global _engine

@@ -55,8 +55,8 @@ def die_with_parent(parent_pid: int) -> None:
 def worker_main(
     settings: Settings, number: int, parent_pid: int, ready: Event, verbose: bool
 ) -> None:
+    keep_freed_memory()  # before any thread: a thread's first allocation takes an arena
     die_with_parent(parent_pid)
-    keep_freed_memory()
     # Receiving comes first: a PACS waits on every C-STORE, while a job can wait a moment.
     # Only matters when the CPU is short, as on a small host while a CT is prepared.
     os.nice(WORKER_NICENESS)

@@ -15,6 +15,7 @@ how it learns to say it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -39,6 +40,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from node.files import write_atomically
+from node.inference import prompts
 from node.inference.budgets import IMAGE_SIZE
 from node.testing.answers import (
     ANSWERS,
@@ -61,7 +63,6 @@ from node.testing.processor import (
     token_id,
 )
 from node.testing.training import train, training_examples
-from node.testing.training_data import prompts_fingerprint
 
 __all__ = [
     "ANSWERS",
@@ -113,7 +114,20 @@ def is_current_test_model(path: Path) -> bool:
         marker = json.loads((path / MARKER_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return bool(marker.get("answers") == ANSWERS and marker.get("prompts") == prompts_fingerprint())
+    return bool(
+        marker.get("answers") == ANSWERS and marker.get("training") == training_fingerprint()
+    )
+
+
+def training_fingerprint() -> str:
+    """Changes whenever what the test model learns could: the node's prompts, and the
+    answers, tokenizer, training data and budget of this package (their source files; a
+    sample of prompts would miss a change behind a random branch)."""
+    digest = hashlib.sha256()
+    for source in [Path(prompts.__file__), *sorted(Path(__file__).parent.glob("*.py"))]:
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def build_test_model(out_dir: Path, *, seed: int = 0) -> Path:
@@ -231,6 +245,6 @@ def _write_marker(directory: Path, seed: int) -> None:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "answers": ANSWERS,
-        "prompts": prompts_fingerprint(),
+        "training": training_fingerprint(),
     }
     write_atomically(directory / MARKER_NAME, json.dumps(marker, indent=2) + "\n")

@@ -7,7 +7,6 @@ can't hang on an image or a wording. No torch here.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator
 
@@ -141,14 +140,3 @@ def task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]]
         )
         yield follow_up, VERDICTS_ANSWER
 
-
-def prompts_fingerprint() -> str:
-    """Changes whenever what the node asks changes (a prompt's words, what a task's prompt
-    holds), so that a test model trained on other prompts is rebuilt, not run."""
-    digest = hashlib.sha256()
-    for text in tokenizer_corpus():
-        digest.update(text.encode())
-    for prompt, answer in task_prompts(random.Random(0), 1):
-        digest.update(prompt.text.encode())
-        digest.update(answer.encode())
-    return digest.hexdigest()[:16]

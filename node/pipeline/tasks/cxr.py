@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydicom import Dataset
 
 from node.config import Output, Task
-from node.imaging.context import clinical_context, context_record
+from node.imaging.context import ClinicalContext, clinical_context, context_record
 from node.imaging.errors import ImagingError
 from node.imaging.radiograph import RadiographImage, radiograph_to_image
 from node.inference.answers import (
@@ -82,7 +82,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         "window": radiograph.window,
         "padding": radiograph.padding.as_dict(),
         "source_size": [radiograph.source_rows, radiograph.source_columns],
-        **context_record(context),
+        **context_record(None),  # the report and the comparison's first turn: none given
     }
     verdicts: list[str] = []
     prior_report: str | None = None
@@ -99,7 +99,7 @@ def run_cxr_report(job: TaskInput, engine: Engine) -> TaskOutcome:
         meta["prior_image"] = str(prior.image.SOPInstanceUID)
         meta["prior_padding"] = prior_radiograph.padding.as_dict()
         summary, verdicts, verdict_notes = _compare(
-            job, engine, prior_radiograph, radiograph, prior_report, context_text, meta
+            job, engine, prior_radiograph, radiograph, prior_report, context, meta
         )
         notes += verdict_notes
         narrative, impression, report = summary, None, summary
@@ -160,7 +160,7 @@ def _compare(
     prior: RadiographImage,
     current: RadiographImage,
     prior_report: str | None,
-    context: str | None,
+    context: ClinicalContext | None,
     meta: dict[str, object],
 ) -> tuple[str, list[str], list[str]]:
     """(comparison, "finding: Verdict" lines, notes): the notebook's turn exactly, then the
@@ -172,10 +172,11 @@ def _compare(
     except AnswerError as e:
         raise InputError(f"{engine.label} gave no usable comparison: {e}") from e
     follow_up = longitudinal_verdict_prompt(
-        prompt, answer, prior_report=prior_report, context=context
+        prompt, answer, prior_report=prior_report, context=context.text if context else None
     )
     save = job.save_inputs / "verdicts" if job.save_inputs is not None else None
-    second = generate(engine, follow_up, save, meta={**meta, "turn": "verdicts"})
+    verdict_meta = {**meta, "turn": "verdicts", **context_record(context)}
+    second = generate(engine, follow_up, save, meta=verdict_meta)
     found = comparison.verdicts + parse_longitudinal(second).verdicts
     notes = [] if found else ["the verdict turn gave no FINDING lines: no coded change"]
     verdicts = [f"{v.finding}: {v.verdict.capitalize()}" for v in found]

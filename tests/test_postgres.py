@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 from pydicom import dcmread
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from fixtures.series import make_cr_study
 from node.store.index import Index, PlannedJob
@@ -52,6 +53,45 @@ def test_jobs_are_claimed_once_across_processes(postgres: Postgres) -> None:
         jobs = list(s.scalars(select(Job).where(Job.study_id == study.id)))
     assert all(j.attempts == 1 and j.state == JobState.DONE for j in jobs)
     index.close()
+
+
+def test_a_claim_made_while_another_worker_requeues_the_expired_job_stands(
+    postgres: Postgres,
+) -> None:
+    """Worker X requeues a job whose lease ran out and claims it again in one transaction;
+    worker Y, which looks for expired leases at that moment, must leave X's claim alone
+    (it once overwrote it with QUEUED, and the job ran twice at once)."""
+    url = postgres.fresh_database("requeue_race")
+    index = Index(url)
+    study_uid = "1.2.826.0.1.3680043.8.498.778"
+    index.file_instance(instance_meta(study_uid, 1), "/nowhere", reopen=True)
+    with index.session() as s:
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).one()
+    planned = [PlannedJob(task="cxr-report", rule="r", series_uids=[])]
+    assert index.route_study(study.id, planned, seen_last=study.last_received)
+    job = index.claim_job("dead-worker", timedelta(seconds=-1))  # its lease already over
+    assert job is not None
+    other = create_engine(url)
+    with other.connect() as x:
+        x.execute(text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job.id})
+        x.execute(
+            text(
+                "UPDATE jobs SET worker = 'x', attempts = attempts + 1, lease_until = :until "
+                "WHERE id = :id"
+            ),
+            {"id": job.id, "until": job.started_at + timedelta(hours=1)},
+        )
+        counted: list[int] = []
+        y = threading.Thread(target=lambda: counted.append(index.requeue_expired(5)))
+        y.start()
+        y.join(timeout=5)  # skips X's locked row at once; before, it waited on it
+        x.commit()
+    y.join(timeout=30)
+    other.dispose()
+    after = index.job(job.id)
+    index.close()
+    assert counted == [0]
+    assert (after.state, after.worker, after.attempts) == (JobState.RUNNING, "x", 2)
 
 
 BURST = 8

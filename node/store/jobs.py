@@ -148,9 +148,13 @@ class JobQueue(Database):
         """Jobs whose worker died: queue them again, or fail them after ``max_attempts``."""
         now = utcnow()
         with self.writing() as s:
-            expired = list(
-                s.scalars(select(Job).where(Job.state == JobState.RUNNING, Job.lease_until < now))
-            )
+            query = select(Job).where(Job.state == JobState.RUNNING, Job.lease_until < now)
+            if not self.is_sqlite:
+                # Locked while requeued, and skipped by everyone else meanwhile: without it a
+                # second worker that read the expired lease overwrote the first one's fresh
+                # claim with QUEUED, and the job ran twice at once.
+                query = query.with_for_update(skip_locked=True)
+            expired = list(s.scalars(query))
             requeued = False
             for job in expired:
                 if job.attempts >= max_attempts:

@@ -139,4 +139,3 @@ def task_prompts(rng: random.Random, count: int) -> Iterator[tuple[Prompt, str]]
             comparison, LONGITUDINAL_ANSWER, prior_report=prior_report, context=_random_context(rng)
         )
         yield follow_up, VERDICTS_ANSWER
-
